@@ -1,0 +1,24 @@
+"""fedjax_ext: pure-functional federated learning research in JAX.
+
+Subpackages, in the order a round uses them:
+
+* `data`: TFDS datasets -> NumPy columns -> client partitions -> cohorts
+  packed to fixed shapes [C, S, B, ...] with masks.
+* `models`: flax classifiers (logistic, MLP, EMNIST CNN, ResNet-GN).
+* `clients`: ONE client's local update as a pure function.
+* `core`: types, `map_clients` (the one place clients are mapped) and
+  `federated_algorithm` (the jitted round).
+* `aggregators`: stacked client updates -> one update.
+* `server`: optax transforms on the pseudo-gradient (FedAvg ... FedYogi).
+* `algorithms`: FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx,
+  SCAFFOLD as compositions of the above.
+* `training`: the experiment loop, evaluation, checkpoints, plots.
+"""
+
+from fedjax_ext import aggregators
+from fedjax_ext import algorithms
+from fedjax_ext import clients
+from fedjax_ext import core
+from fedjax_ext import server
+
+__version__ = '0.1.0'

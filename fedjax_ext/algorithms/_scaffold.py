@@ -1,0 +1,90 @@
+r"""SCAFFOLD: stochastic controlled averaging.
+
+Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated
+Learning", ICML 2020, https://arxiv.org/abs/1910.06378, Algorithm 1 with
+option II for the control update. Client i with control :math:`c_i` and the
+server control :math:`c` runs K local SGD steps of size :math:`\eta_l` on the
+corrected gradient
+
+.. math:: y \leftarrow y - \eta_l (g_i(y) - c_i + c),
+
+then sets :math:`c_i^+ = c_i - c + (x - y) / (K \eta_l)` and uploads
+:math:`x - y` and :math:`c_i^+ - c_i`. The server applies its optimizer to
+the aggregated :math:`x - y` and sets
+:math:`c \leftarrow c + \frac{1}{N} \sum_{i \in S} (c_i^+ - c_i)`.
+
+Each client's :math:`c_i` lives in the client-indexed store (leaves
+[N, ...]), not in `ServerState`, so checkpoints of the server params stay
+the size of the model. K is the client's own count of steps that saw data
+(clients of different sizes differ); a client with K = 0 keeps its control.
+With all controls at zero the first round is exactly FedAvg's.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_ext import aggregators
+from fedjax_ext import clients
+from fedjax_ext import core
+
+
+def scaffold(loss_fn: clients.LossFn, client_learning_rate: float,
+             server_optimizer: optax.GradientTransformation, *,
+             num_clients: int,
+             aggregator: core.Aggregator | None = None,
+             weighting: str = 'examples',
+             unroll: int | bool = 1,
+             execution: str = 'auto',
+             chunk_size: int | None = None) -> core.FederatedAlgorithm:
+  """SCAFFOLD with plain local SGD (the paper's client optimizer).
+
+  Args:
+    loss_fn: masked mean loss of one batch.
+    client_learning_rate: local SGD step size :math:`\\eta_l` > 0.
+    server_optimizer: applied to the aggregated pseudo-gradient.
+    num_clients: N, all clients of the federation (for the c update).
+    aggregator, weighting, unroll, execution, chunk_size: as `fed_avg`.
+
+  Returns:
+    A `core.FederatedAlgorithm` whose client state is :math:`c_i` and whose
+    ``algorithm_state`` is the server control :math:`c`.
+  """
+  if client_learning_rate <= 0:
+    raise ValueError('client_learning_rate must be > 0, got '
+                     f'{client_learning_rate}.')
+  clients.check_weighting(weighting)
+  optimizer = optax.sgd(client_learning_rate)
+
+  def client_update(message, control, batches, key):
+    params, server_control = message
+    offset = jax.tree.map(jnp.subtract, server_control, control)
+    local, stats = clients.train_locally(
+        params, batches, key, loss_fn=loss_fn, optimizer=optimizer,
+        gradient_offset=offset, unroll=unroll)
+    update = jax.tree.map(jnp.subtract, params, local)
+    scale = 1. / (jnp.maximum(stats.num_steps, 1.) * client_learning_rate)
+    new_control = jax.tree.map(
+        lambda ci, c, u: jnp.where(stats.num_steps > 0, ci - c + scale * u,
+                                   ci),
+        control, server_control, update)
+    return core.ClientOutput(
+        update=update,
+        weight=clients.client_weight(stats, weighting),
+        client_state=new_control,
+        metrics=clients.stats_metrics(stats))
+
+  def update_server_control(server_control, old_controls, outputs):
+    delta_sum = jax.tree.map(lambda new, old: jnp.sum(new - old, axis=0),
+                             outputs.client_state, old_controls)
+    return jax.tree.map(lambda c, d: c + d / num_clients, server_control,
+                        delta_sum)
+
+  return core.federated_algorithm(
+      client_update, aggregator or aggregators.weighted_mean(),
+      server_optimizer,
+      init_client_state=optax.tree.zeros_like,
+      init_algorithm_state=optax.tree.zeros_like,
+      server_message=lambda state: (state.params, state.algorithm_state),
+      update_algorithm_state=update_server_control,
+      execution=execution, chunk_size=chunk_size)

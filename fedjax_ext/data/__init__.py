@@ -1,0 +1,27 @@
+"""Datasets, client partitions and cohort packing.
+
+TFDS (array_record, no TensorFlow) -> NumPy columns -> `partition` ->
+per-client index arrays -> `pack_cohort` -> fixed-shape [C, S, B, ...]
+arrays with masks.
+"""
+
+from fedjax_ext.data._datasets import DATASETS
+from fedjax_ext.data._datasets import Dataset
+from fedjax_ext.data._datasets import load_dataset
+from fedjax_ext.data._pack import MASK
+from fedjax_ext.data._pack import num_local_steps
+from fedjax_ext.data._pack import pack_cohort
+from fedjax_ext.data._pack import sample_clients
+from fedjax_ext.data._partition import dirichlet_partition
+from fedjax_ext.data._partition import iid_partition
+from fedjax_ext.data._partition import natural_partition
+from fedjax_ext.data._partition import partition
+from fedjax_ext.data._partition import PARTITIONS
+from fedjax_ext.data._partition import quantity_skew_partition
+from fedjax_ext.data._partition import shard_partition
+from fedjax_ext.data._partition import split_clients
+from fedjax_ext.data._tfds import DATA_DIR_ENV
+from fedjax_ext.data._tfds import DatasetNotFoundError
+from fedjax_ext.data._validate import DataError
+from fedjax_ext.data._validate import validate_examples
+from fedjax_ext.data._validate import validate_partition

@@ -1,0 +1,115 @@
+"""Client sampling and cohort packing into fixed shapes [C, S, B, ...].
+
+XLA compiles one program per input shape, so a round whose clients hold
+different amounts of data must still see the same shapes every round.
+`pack_cohort` lays each sampled client's local example stream out as
+S batches of B rows, pads with masked rows, and stacks the cohort:
+every column becomes [C, S, B, ...] plus 'mask' [C, S, B]. S is fixed for
+the whole run by `num_local_steps` from the largest client, so rounds never
+retrace (FedJAX pads the same way in its `for_each_client` blocks).
+
+Randomness is a pure function of (seed, round): a resumed run samples the
+same clients and the same batch order as an uninterrupted one.
+"""
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from fedjax_ext.core import Cohort, Examples
+
+MASK = 'mask'
+# Streams of `np.random.default_rng([seed, round, STREAM])`.
+_SAMPLING_STREAM = 0
+_SHUFFLE_STREAM = 1
+
+
+def sample_clients(num_clients: int, clients_per_round: int, *, seed: int,
+                   round_num: int) -> np.ndarray:
+  """Client ids of one round, uniformly without replacement, sorted.
+
+  Args:
+    num_clients: N, the size of the federation.
+    clients_per_round: C <= N.
+    seed: the run's sampling seed.
+    round_num: the round (0-based); with `seed` it fixes the draw.
+
+  Returns:
+    int32 [C] sorted client ids.
+  """
+  if not 0 < clients_per_round <= num_clients:
+    raise ValueError(f'clients_per_round must be in [1, {num_clients}], got '
+                     f'{clients_per_round}.')
+  rng = np.random.default_rng([seed, round_num, _SAMPLING_STREAM])
+  ids = rng.choice(num_clients, size=clients_per_round, replace=False)
+  return np.sort(ids).astype(np.int32)
+
+
+def num_local_steps(client_sizes: Sequence[int], batch_size: int, *,
+                    local_epochs: float | None = None,
+                    local_steps: int | None = None) -> int:
+  """S, the steps of the busiest client: the fixed step axis of a run.
+
+  Exactly one of `local_epochs` (each client makes ``ceil(E * n_i / B)``
+  steps over its ``n_i`` examples) and `local_steps` (every client makes
+  that many full batches, cycling through its data) must be given.
+  """
+  if (local_epochs is None) == (local_steps is None):
+    raise ValueError('Give exactly one of local_epochs and local_steps.')
+  if local_steps is not None:
+    if local_steps < 1:
+      raise ValueError(f'local_steps must be >= 1, got {local_steps}.')
+    return int(local_steps)
+  if local_epochs <= 0:
+    raise ValueError(f'local_epochs must be > 0, got {local_epochs}.')
+  return max(math.ceil(local_epochs * n / batch_size) for n in client_sizes)
+
+
+def _example_stream(indices: np.ndarray, length: int,
+                    rng: np.random.Generator) -> np.ndarray:
+  """`length` rows drawn as consecutive shuffled passes over `indices`."""
+  passes = -(-length // len(indices))
+  stream = np.concatenate([rng.permutation(indices) for _ in range(passes)])
+  return stream[:length]
+
+
+def pack_cohort(examples: Examples, client_indices: Sequence[np.ndarray],
+                cohort_ids: np.ndarray, *, batch_size: int, num_steps: int,
+                seed: int, round_num: int,
+                local_epochs: float | None = None) -> Cohort:
+  """Packs the sampled clients' local data into one fixed-shape `Cohort`.
+
+  Args:
+    examples: pooled training columns ('x', 'y', ...), length M.
+    client_indices: for each of the N clients, its rows of `examples`.
+    cohort_ids: int [C] ids of this round's clients.
+    batch_size: B.
+    num_steps: S, from `num_local_steps` (fixed for the run).
+    seed, round_num: fix the shuffling, as in `sample_clients`.
+    local_epochs: if given, client i processes ``ceil(E * n_i)`` examples
+      (its remaining steps are masked padding); otherwise every client fills
+      all S batches.
+
+  Returns:
+    A NumPy `Cohort`: columns [C, S, B, ...], 'mask' [C, S, B] float32,
+    client ids and the clients' example counts.
+  """
+  rng = np.random.default_rng([seed, round_num, _SHUFFLE_STREAM])
+  slots = num_steps * batch_size
+  rows = np.zeros((len(cohort_ids), slots), np.int64)
+  mask = np.zeros((len(cohort_ids), slots), np.float32)
+  for row, client in enumerate(cohort_ids):
+    indices = client_indices[client]
+    length = slots
+    if local_epochs is not None:
+      length = min(slots, math.ceil(local_epochs * len(indices)))
+    rows[row, :length] = _example_stream(indices, length, rng)
+    mask[row, :length] = 1.
+  shape = (len(cohort_ids), num_steps, batch_size)
+  batches = {name: np.take(column, rows, axis=0).reshape(
+      shape + column.shape[1:]) for name, column in examples.items()}
+  batches[MASK] = mask.reshape(shape)
+  sizes = np.array([len(client_indices[c]) for c in cohort_ids], np.float32)
+  return Cohort(client_ids=np.asarray(cohort_ids, np.int32), batches=batches,
+                num_examples=sizes)

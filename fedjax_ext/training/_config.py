@@ -1,0 +1,123 @@
+"""`ExperimentConfig`: every knob of a federated training run, validated.
+
+The absl flags of `experiments/train.py` map one to one onto these fields,
+so a run is reproducible from its `config.json` alone, and the checks below
+give every bad value a one-line message that names the flag and the range.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+
+class ConfigError(ValueError):
+  """A configuration value is out of range; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """A federated training run. Field names are the flag names."""
+  # Data.
+  dataset: str = 'digits'
+  data_dir: str | None = None
+  partition: str = 'dirichlet'
+  dirichlet_alpha: float = 0.5
+  classes_per_client: int = 2
+  quantity_alpha: float = 1.0
+  # None: 20, or the dataset's natural number of clients for 'natural'.
+  num_clients: int | None = None
+  client_test_fraction: float = 0.2
+  # Model.
+  model: str = 'mlp'
+  hidden_sizes: tuple[int, ...] = (200,)
+  # Algorithm.
+  algorithm: str = 'fedavg'
+  clients_per_round: int = 10
+  rounds: int = 200
+  local_epochs: float = 1.0
+  local_steps: int = 0  # > 0 replaces local_epochs.
+  batch_size: int = 20
+  client_lr: float = 0.1
+  server_lr: float = 1.0
+  server_momentum: float = 0.9
+  prox_mu: float = 0.01
+  weighting: str = 'examples'
+  execution: str = 'auto'
+  # Run.
+  seed: int = 0
+  eval_every: int = 10
+  checkpoint_every: int = 50
+  eval_batch_size: int = 500
+  workdir: str | None = None
+  resume: bool = False
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> 'ExperimentConfig':
+    values = dict(values)
+    if 'hidden_sizes' in values:
+      values['hidden_sizes'] = tuple(values['hidden_sizes'])
+    return cls(**values)
+
+
+# Fields that may differ between a run and its resumption.
+RESUMABLE_CHANGES = ('rounds', 'eval_every', 'checkpoint_every', 'resume',
+                     'workdir', 'data_dir', 'eval_batch_size', 'execution')
+
+
+def _require(ok: bool, flag: str, allowed: str, value: Any) -> None:
+  if not ok:
+    raise ConfigError(f'--{flag} must be {allowed}, got {value!r}.')
+
+
+def _choice(value: str, flag: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ConfigError(f'--{flag}={value!r} is unknown; valid choices: '
+                      f'{", ".join(choices)}.')
+
+
+def _finite(x: float) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
+             models: tuple[str, ...], algorithms: tuple[str, ...],
+             partitions: tuple[str, ...], strategies: tuple[str, ...],
+             weightings: tuple[str, ...]) -> None:
+  """Raises `ConfigError` for the first bad value, naming its flag."""
+  c = config
+  _choice(c.dataset.split('/')[0], 'dataset', datasets)
+  _choice(c.model, 'model', models)
+  _choice(c.algorithm, 'algorithm', algorithms)
+  _choice(c.partition, 'partition', partitions)
+  _choice(c.execution, 'execution', strategies)
+  _choice(c.weighting, 'weighting', weightings)
+  for flag in ('rounds', 'clients_per_round', 'batch_size', 'eval_every',
+               'checkpoint_every', 'eval_batch_size', 'classes_per_client'):
+    value = getattr(c, flag)
+    _require(isinstance(value, int) and value >= 1, flag,
+             'an integer >= 1', value)
+  _require(c.num_clients is None or c.num_clients >= 1, 'num_clients',
+           'an integer >= 1', c.num_clients)
+  if c.num_clients is not None:
+    _require(c.clients_per_round <= c.num_clients, 'clients_per_round',
+             f'in [1, --num_clients={c.num_clients}]', c.clients_per_round)
+  _require(c.local_steps >= 0, 'local_steps', '>= 0 (0: use --local_epochs)',
+           c.local_steps)
+  for flag in ('client_lr', 'server_lr', 'dirichlet_alpha', 'quantity_alpha',
+               'local_epochs'):
+    value = getattr(c, flag)
+    _require(_finite(value) and value > 0, flag, 'a finite number > 0',
+             value)
+  _require(_finite(c.prox_mu) and c.prox_mu >= 0, 'prox_mu',
+           'a finite number >= 0', c.prox_mu)
+  _require(_finite(c.server_momentum) and 0 <= c.server_momentum < 1,
+           'server_momentum', 'in [0, 1)', c.server_momentum)
+  _require(_finite(c.client_test_fraction)
+           and 0 <= c.client_test_fraction < 1, 'client_test_fraction',
+           'in [0, 1)', c.client_test_fraction)
+  _require(all(isinstance(h, int) and h >= 1 for h in c.hidden_sizes),
+           'hidden_sizes', 'a list of integers >= 1', list(c.hidden_sizes))

@@ -1,0 +1,27 @@
+"""Installs fedjax_ext: `pip install -e .[test]`."""
+
+import setuptools
+
+setuptools.setup(
+    name='fedjax_ext',
+    version='0.1.0',
+    description='Pure-functional federated learning research in JAX.',
+    packages=setuptools.find_packages(include=['fedjax_ext', 'fedjax_ext.*',
+                                               'experiments', 'experiments.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.5',
+        'flax>=0.10',
+        'optax>=0.2.4',
+        'orbax-checkpoint>=0.11',
+        'chex>=0.1.89',
+        'tensorflow-datasets>=4.9.7',
+        'array_record',
+        'importlib_resources',  # TFDS without TensorFlow needs it.
+        'absl-py',
+        'numpy',
+        'scikit-learn',  # The bundled 8x8 digits behind the `digits` dataset.
+        'matplotlib',  # PNG plots of metrics.
+    ],
+    extras_require={'test': ['pytest>=8', 'pytest-xdist']},
+)

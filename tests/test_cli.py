@@ -1,0 +1,74 @@
+"""`python -m experiments.train`: bad input exits 2 with one clear line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fedjax_ext import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*flags, data_dir=None, workdir=None):
+  args = [sys.executable, '-m', 'experiments.train', *flags]
+  if data_dir:
+    args.append(f'--data_dir={data_dir}')
+  if workdir:
+    args.append(f'--workdir={workdir}')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(dataset='imagenet'), "--dataset='imagenet' is unknown; valid "
+     'choices: digits, leaf_synthetic'),
+    (dict(model='vit'), 'valid choices: logistic, mlp, cnn, resnet'),
+    (dict(algorithm='fedsgd'), 'valid choices: fedavg, fedavgm'),
+    (dict(partition='random'), 'valid choices: iid, dirichlet'),
+    (dict(execution='pmap'), 'valid choices: auto, vmap'),
+    (dict(num_clients=5, clients_per_round=6),
+     '--clients_per_round must be in [1, --num_clients=5], got 6'),
+    (dict(dirichlet_alpha=-1.), '--dirichlet_alpha must be a finite number '
+     '> 0, got -1.0'),
+    (dict(client_lr=0.), '--client_lr must be a finite number > 0'),
+    (dict(server_lr=float('nan')), '--server_lr must be a finite number > 0'),
+    (dict(rounds=0), '--rounds must be an integer >= 1, got 0'),
+    (dict(server_momentum=1.), '--server_momentum must be in [0, 1)'),
+    (dict(client_test_fraction=1.), '--client_test_fraction must be in'),
+    (dict(local_steps=-1), '--local_steps must be >= 0'),
+    (dict(hidden_sizes=(0,)), '--hidden_sizes must be a list of integers'),
+])
+def test_config_errors_name_the_flag(overrides, message):
+  config = training.ExperimentConfig(**overrides)
+  with pytest.raises(training.ConfigError) as error:
+    training.validate_config(config)
+  assert message in str(error.value)
+  assert '\n' not in str(error.value)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--dataset=imagenet'], 'valid choices: digits, leaf_synthetic'),
+    (['--rounds=many'], 'rounds'),
+    (['--num_clients=100000'], '--num_clients must be in [1, 1438]'),
+])
+def test_cli_bad_flags_exit_2_with_one_line(tmp_path, data_dir, flags,
+                                            message):
+  result = run_cli(*flags, data_dir=data_dir, workdir=str(tmp_path / 'w'))
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith('error: ')
+  assert message in lines[0]
+
+
+def test_short_run_succeeds_and_reports_progress(tmp_path, data_dir):
+  result = run_cli('--rounds=2', '--eval_every=1', '--num_clients=6',
+                   '--clients_per_round=3', data_dir=data_dir,
+                   workdir=str(tmp_path / 'w'))
+  assert result.returncode == 0, result.stderr
+  assert 'round 2/2' in result.stdout
+  assert 'test_accuracy' in result.stdout
+  assert os.path.exists(tmp_path / 'w' / 'metrics.jsonl')
