@@ -17,6 +17,7 @@ Bad flags exit with status 2 and a one-line message; a non-finite loss
 exits with status 1 naming the round.
 """
 
+import dataclasses
 import sys
 
 from absl import app
@@ -84,6 +85,9 @@ flags.DEFINE_string('weighting', _D.weighting,
                     f'Client weights: {_names(clients.WEIGHTINGS)}.')
 flags.DEFINE_string('execution', _D.execution,
                     f'How clients run: {_names(core.STRATEGIES)}.')
+flags.DEFINE_integer('sampling_groups', _D.sampling_groups,
+                     'Cohorts draw C/G clients from each of G groups '
+                     '(client_id % G); 0: one group per process.')
 flags.DEFINE_integer('seed', _D.seed, 'Seed of data split, init, sampling.')
 flags.DEFINE_integer('eval_every', _D.eval_every, 'Evaluate every N rounds.')
 flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
@@ -95,6 +99,16 @@ flags.DEFINE_string('workdir', _D.workdir,
                     '<algorithm>-seed<seed>-<time>).')
 flags.DEFINE_bool('resume', _D.resume,
                   'Continue from the latest checkpoint in --workdir.')
+
+# Multi-process runs (launch/local_multiprocess.py, launch/tpu_pod.sh,
+# launch/slurm.sbatch set these); not part of the experiment's config.
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0 for jax.distributed.')
+flags.DEFINE_integer('num_processes', 1, 'Processes in the job.')
+flags.DEFINE_integer('process_id', 0, 'This process, in [0, num_processes).')
+flags.DEFINE_bool('auto_distributed', False,
+                  'Join a jax.distributed job whose processes JAX detects '
+                  'itself (TPU pod slices, SLURM).')
 
 FLAGS = flags.FLAGS
 
@@ -112,14 +126,35 @@ def parse_flags(argv):
     fail(str(e))
 
 
+def initialize_distributed():
+  """Joins a jax.distributed job (--auto_distributed or --num_processes>1)."""
+  if FLAGS.num_processes < 1 or not 0 <= FLAGS.process_id < FLAGS.num_processes:
+    fail(f'--process_id must be in [0, --num_processes={FLAGS.num_processes}'
+         f'), got {FLAGS.process_id}.')
+  if FLAGS.num_processes > 1 and not FLAGS.coordinator_address:
+    fail('--coordinator_address is required with --num_processes > 1.')
+  if not FLAGS.auto_distributed and FLAGS.num_processes == 1:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  # CPU collectives across processes need gloo; GPU/TPU clients ignore this.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if FLAGS.auto_distributed:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+
 def config_from_flags() -> training.ExperimentConfig:
   try:
     hidden = tuple(int(h) for h in FLAGS.hidden_sizes)
   except ValueError:
     fail(f'--hidden_sizes must be a list of integers, got '
          f'{",".join(FLAGS.hidden_sizes)!r}.')
-  values = {name: FLAGS[name].value for name in training.ExperimentConfig
-            .__dataclass_fields__ if name != 'hidden_sizes'}
+  values = {name: FLAGS[name].value
+            for name in (f.name for f in dataclasses.fields(
+                training.ExperimentConfig)) if name != 'hidden_sizes'}
   return training.ExperimentConfig(hidden_sizes=hidden, **values)
 
 
@@ -129,6 +164,7 @@ def main(argv):
   if not FLAGS['verbosity'].present:  # Keep TFDS's INFO lines quiet.
     logging.set_verbosity(logging.WARNING)
   config = config_from_flags()
+  initialize_distributed()
   try:
     training.run_experiment(config)
   except (training.ConfigError, data.DataError) as e:

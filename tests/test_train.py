@@ -98,3 +98,30 @@ def test_non_finite_round_stops_and_keeps_last_checkpoint(
   ckpt = training.Checkpointer(os.path.join(config.workdir, 'checkpoints'))
   assert ckpt.latest_round() == 2
   ckpt.close()
+
+
+def test_compiles_do_not_grow_with_rounds(tmp_path, data_dir):
+  """Clients of different sizes, 50 rounds: as many compiles as 5 rounds."""
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    counts = []
+    for rounds in (5, 5, 50):  # The first run also warms eager-op caches.
+      compiles.clear()
+      training.run_experiment(
+          small_config(tmp_path / str(len(counts)), data_dir, rounds=rounds,
+                       eval_every=5, checkpoint_every=1000,
+                       dirichlet_alpha=0.1),  # Very unequal client sizes.
+          log=lambda s: None)
+      counts.append(len(compiles))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert counts[1] == counts[2], counts
+  # The round and the two evaluations (test set, held-out set) compile.
+  assert counts[2] <= 3, counts

@@ -1,5 +1,7 @@
 """Algorithms by name, for experiment scripts and sweeps."""
 
+from typing import Callable
+
 import optax
 
 from fedjax_ext import clients
@@ -21,6 +23,7 @@ def create_algorithm(name: str, loss_fn: clients.LossFn, *,
                      tau: float = 1e-3,
                      weighting: str = 'examples',
                      unroll: int | bool = 1,
+                     extra_metrics: Callable[..., core.Metrics] | None = None,
                      execution: str = 'auto',
                      chunk_size: int | None = None
                     ) -> core.FederatedAlgorithm:
@@ -36,7 +39,8 @@ def create_algorithm(name: str, loss_fn: clients.LossFn, *,
   server_name = 'fedavg' if name in ('fedprox', 'scaffold') else name
   server_opt = server.server_optimizer(server_name, server_learning_rate,
                                        momentum=server_momentum, tau=tau)
-  common = dict(weighting=weighting, unroll=unroll, execution=execution,
+  common = dict(weighting=weighting, unroll=unroll,
+                extra_metrics=extra_metrics, execution=execution,
                 chunk_size=chunk_size)
   if name == 'scaffold':
     return scaffold(loss_fn, client_learning_rate, server_opt,

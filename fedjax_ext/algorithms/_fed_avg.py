@@ -11,6 +11,8 @@
 Each is one `core.federated_algorithm` call: no algorithm forks the round.
 """
 
+from typing import Callable
+
 import optax
 
 from fedjax_ext import aggregators
@@ -25,6 +27,7 @@ def fed_avg(loss_fn: clients.LossFn,
             aggregator: core.Aggregator | None = None,
             weighting: str = 'examples',
             unroll: int | bool = 1,
+            extra_metrics: Callable[..., core.Metrics] | None = None,
             execution: str = 'auto',
             chunk_size: int | None = None) -> core.FederatedAlgorithm:
   """FedAvg-family algorithm: local SGD, aggregation, server optimizer.
@@ -38,6 +41,8 @@ def fed_avg(loss_fn: clients.LossFn,
     aggregator: defaults to `aggregators.weighted_mean`.
     weighting: client weights, ``'examples'`` or ``'uniform'``.
     unroll: unroll of the local-step scan (`clients.train_locally`).
+    extra_metrics: optional round-metrics hook, e.g. `drift.drift_metrics()`
+      (`core.federated_algorithm`).
     execution: client mapping strategy (`core.map_clients`).
     chunk_size: clients per chunk for ``execution='chunked'``.
 

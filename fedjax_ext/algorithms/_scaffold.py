@@ -20,6 +20,8 @@ the size of the model. K is the client's own count of steps that saw data
 With all controls at zero the first round is exactly FedAvg's.
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,6 +37,7 @@ def scaffold(loss_fn: clients.LossFn, client_learning_rate: float,
              aggregator: core.Aggregator | None = None,
              weighting: str = 'examples',
              unroll: int | bool = 1,
+             extra_metrics: Callable[..., core.Metrics] | None = None,
              execution: str = 'auto',
              chunk_size: int | None = None) -> core.FederatedAlgorithm:
   """SCAFFOLD with plain local SGD (the paper's client optimizer).
@@ -44,7 +47,8 @@ def scaffold(loss_fn: clients.LossFn, client_learning_rate: float,
     client_learning_rate: local SGD step size :math:`\\eta_l` > 0.
     server_optimizer: applied to the aggregated pseudo-gradient.
     num_clients: N, all clients of the federation (for the c update).
-    aggregator, weighting, unroll, execution, chunk_size: as `fed_avg`.
+    aggregator, weighting, unroll, extra_metrics, execution, chunk_size: as
+      `fed_avg`.
 
   Returns:
     A `core.FederatedAlgorithm` whose client state is :math:`c_i` and whose
@@ -87,4 +91,5 @@ def scaffold(loss_fn: clients.LossFn, client_learning_rate: float,
       init_algorithm_state=optax.tree.zeros_like,
       server_message=lambda state: (state.params, state.algorithm_state),
       update_algorithm_state=update_server_control,
-      execution=execution, chunk_size=chunk_size)
+      extra_metrics=extra_metrics, execution=execution,
+      chunk_size=chunk_size)

@@ -10,8 +10,11 @@ from fedjax_ext.core._algorithm import FederatedAlgorithm
 from fedjax_ext.core._algorithm import round_key
 from fedjax_ext.core._algorithm import round_metrics
 from fedjax_ext.core._algorithm import ServerState
+from fedjax_ext.core._map import CLIENT_AXIS
+from fedjax_ext.core._map import client_mesh
 from fedjax_ext.core._map import CPU_VMAP_MAX_PARAMS
 from fedjax_ext.core._map import map_clients
+from fedjax_ext.core._map import resolve_single_device
 from fedjax_ext.core._map import resolve_strategy
 from fedjax_ext.core._map import STRATEGIES
 from fedjax_ext.core._tree import tree_all_finite

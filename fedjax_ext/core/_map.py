@@ -1,23 +1,25 @@
 """`map_clients`: the one place where a one-client function meets the cohort.
 
 Client code in fedjax_ext is written for ONE client. Every algorithm maps it
-over the cohort through `map_clients`, so how clients run (vectorized,
-sequentially, in chunks) is a choice made here and nowhere else, the way
-drjax's `map_fn` does it for placements.
+over the cohort through `map_clients`, so how clients run is a choice made
+here and nowhere else, the way drjax's `map_fn` does it for placements.
 
 Strategies:
   * ``'vmap'``: one `jax.vmap` over the client axis. Best on GPU/TPU and for
     small models everywhere (one fused program for the whole cohort).
-  * ``'sequential'``: `jax.lax.map`, one client after the other inside the
-    compiled program. On XLA:CPU a vmap over clients with distinct conv
-    weights becomes grouped convolutions that run ~6x slower than a loop
-    (../shared/DESIGN.md), so large models on CPU want this.
+  * ``'sequential'``: `jax.lax.map`, one client after another inside one
+    compiled loop. Smallest program; memory of one client.
+  * ``'unrolled'``: a Python loop over clients at trace time: C copies of the
+    client program, each with its own buffers. On XLA:CPU a vmap over clients
+    with distinct conv weights becomes grouped convolutions that run ~6x
+    slower than a loop (../shared/DESIGN.md); unrolling keeps plain convs.
   * ``'chunked'``: `jax.lax.map` over chunks of `chunk_size` vmapped clients:
     bounded memory for cohorts of thousands.
-  * ``'auto'``: ``'vmap'`` on accelerators; on CPU ``'vmap'`` for models with
-    at most `CPU_VMAP_MAX_PARAMS` parameters, else ``'sequential'``. This rule
-    is provisional: the threshold comes from the DESIGN measurements (MLPs
-    fuse well, the 1.2M-parameter CNN does not), not from a sweep.
+  * ``'sharded'``: the client axis split over the devices of a mesh axis
+    (``'clients'``) with `jax.shard_map`; each device runs its own block of
+    clients with the ``inner`` strategy. Works across hosts: the mesh may
+    span every process of a `jax.distributed` job.
+  * ``'auto'``: see `resolve_strategy`.
 """
 
 from typing import Any, Callable, Sequence
@@ -27,32 +29,62 @@ import numpy as np
 
 from fedjax_ext.core._types import PyTree
 
-STRATEGIES = ('auto', 'vmap', 'sequential', 'chunked')
+STRATEGIES = ('auto', 'vmap', 'sequential', 'unrolled', 'chunked', 'sharded')
+CLIENT_AXIS = 'clients'
 # Above this many broadcast parameters `auto` stops vmapping on CPU.
 CPU_VMAP_MAX_PARAMS = 100_000
 
 
 def resolve_strategy(strategy: str, broadcast_args: Sequence[PyTree] = (),
-                     *, backend: str | None = None) -> str:
-  """The concrete strategy that `strategy` means for these arguments."""
+                     *, backend: str | None = None,
+                     num_devices: int | None = None) -> str:
+  """The concrete strategy that `strategy` means for these arguments.
+
+  ``'auto'`` shards over all devices when there is more than one; else it
+  vmaps on accelerators, and on CPU vmaps models of at most
+  `CPU_VMAP_MAX_PARAMS` parameters and unrolls larger ones (the vmap of
+  distinct conv weights is the slow case on XLA:CPU).
+  """
   if strategy not in STRATEGIES:
     raise ValueError(
         f'Unknown client execution strategy {strategy!r}; valid choices: '
         f'{", ".join(STRATEGIES)}.')
   if strategy != 'auto':
     return strategy
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  if num_devices > 1:
+    return 'sharded'
+  return resolve_single_device(broadcast_args, backend=backend)
+
+
+def resolve_single_device(broadcast_args: Sequence[PyTree] = (), *,
+                          backend: str | None = None) -> str:
+  """`auto`'s choice on one device (also the default inside a shard)."""
   backend = backend or jax.default_backend()
   if backend != 'cpu':
     return 'vmap'
   num_params = sum(int(np.prod(np.shape(leaf)))
                    for leaf in jax.tree.leaves(broadcast_args))
-  return 'vmap' if num_params <= CPU_VMAP_MAX_PARAMS else 'sequential'
+  return 'vmap' if num_params <= CPU_VMAP_MAX_PARAMS else 'unrolled'
+
+
+def client_mesh(devices: Sequence[jax.Device] | None = None
+               ) -> jax.sharding.Mesh:
+  """A 1-D mesh with axis ``'clients'`` over `devices` (default: all)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(np.asarray(devices), (CLIENT_AXIS,))
+
+
+def _stack(outputs: list[Any]) -> Any:
+  return jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *outputs)
 
 
 def map_clients(fn: Callable[..., Any], *args: PyTree,
                 in_axes: Sequence[int | None] | None = None,
                 strategy: str = 'auto',
-                chunk_size: int | None = None) -> Any:
+                chunk_size: int | None = None,
+                mesh: jax.sharding.Mesh | None = None,
+                inner: str = 'auto') -> Any:
   """Maps a one-client function over the leading client axis of its inputs.
 
   Args:
@@ -62,6 +94,9 @@ def map_clients(fn: Callable[..., Any], *args: PyTree,
     in_axes: 0 or None per argument; default: all mapped.
     strategy: one of `STRATEGIES`.
     chunk_size: clients per vectorized chunk for ``'chunked'``.
+    mesh: for ``'sharded'``, a mesh with a ``'clients'`` axis (default:
+      `client_mesh()` over all devices). C must be a multiple of its size.
+    inner: how each device maps its own clients under ``'sharded'``.
 
   Returns:
     `fn`'s output for every client, stacked along a leading [C] axis.
@@ -73,20 +108,52 @@ def map_clients(fn: Callable[..., Any], *args: PyTree,
                      'arguments.')
   broadcast = [a for a, ax in zip(args, in_axes) if ax is None]
   strategy = resolve_strategy(strategy, broadcast)
+  if strategy == 'sharded':
+    return _map_sharded(fn, args, in_axes, mesh or client_mesh(), inner,
+                        chunk_size)
   if strategy == 'vmap':
     return jax.vmap(fn, in_axes=tuple(in_axes))(*args)
 
-  # lax.map maps over one pytree: close over the broadcast arguments.
   mapped = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
 
   def one_client(client_args):
     it = iter(client_args)
-    full = [a if ax is None else next(it) for a, ax in zip(args, in_axes)]
-    return fn(*full)
+    return fn(*[a if ax is None else next(it)
+                for a, ax in zip(args, in_axes)])
 
+  if strategy == 'unrolled':
+    num_clients = jax.tree.leaves(mapped)[0].shape[0]
+    return _stack([one_client(jax.tree.map(lambda v, i=i: v[i], mapped))
+                   for i in range(num_clients)])
   if strategy == 'sequential':
     return jax.lax.map(one_client, mapped)
   if chunk_size is None or chunk_size < 1:
     raise ValueError("strategy 'chunked' needs a positive chunk_size, got "
                      f'{chunk_size!r}.')
   return jax.lax.map(one_client, mapped, batch_size=chunk_size)
+
+
+def _map_sharded(fn, args, in_axes, mesh, inner, chunk_size):
+  """Each device of ``mesh`` maps its block of clients with ``inner``."""
+  num_shards = mesh.shape[CLIENT_AXIS]
+  num_clients = jax.tree.leaves(
+      [a for a, ax in zip(args, in_axes) if ax == 0])[0].shape[0]
+  if num_clients % num_shards:
+    raise ValueError(
+        f'{num_clients} clients per round cannot be split evenly over '
+        f'{num_shards} devices; use a multiple of {num_shards}.')
+  spec = jax.sharding.PartitionSpec
+  in_specs = tuple(spec() if ax is None else spec(CLIENT_AXIS)
+                   for ax in in_axes)
+  if inner == 'auto':
+    inner = resolve_single_device(
+        [a for a, ax in zip(args, in_axes) if ax is None])
+  if inner == 'sharded':
+    raise ValueError("inner strategy cannot be 'sharded'.")
+
+  def per_shard(*shard_args):
+    return map_clients(fn, *shard_args, in_axes=in_axes, strategy=inner,
+                       chunk_size=chunk_size)
+
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=in_specs,
+                       out_specs=spec(CLIENT_AXIS), check_vma=False)(*args)

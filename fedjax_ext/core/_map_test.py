@@ -17,7 +17,8 @@ def one_client(shared, x, key):
 
 class MapClientsTest(parameterized.TestCase):
 
-  @parameterized.parameters('vmap', 'sequential', 'chunked', 'auto')
+  @parameterized.parameters('vmap', 'sequential', 'unrolled', 'chunked',
+                            'sharded', 'auto')
   def test_strategies_agree_with_a_python_loop(self, strategy):
     shared = {'w': jnp.arange(12.).reshape(4, 3) / 10}
     xs = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2, 4)),
@@ -34,12 +35,19 @@ class MapClientsTest(parameterized.TestCase):
   def test_auto_rule(self):
     small = {'w': jnp.zeros((10,))}
     big = {'w': jnp.zeros((core.CPU_VMAP_MAX_PARAMS + 1,))}
-    self.assertEqual(core.resolve_strategy('auto', [small], backend='cpu'),
-                     'vmap')
-    self.assertEqual(core.resolve_strategy('auto', [big], backend='cpu'),
-                     'sequential')
-    self.assertEqual(core.resolve_strategy('auto', [big], backend='gpu'),
-                     'vmap')
+    auto = lambda args, backend, devices=1: core.resolve_strategy(
+        'auto', args, backend=backend, num_devices=devices)
+    self.assertEqual(auto([small], 'cpu'), 'vmap')
+    self.assertEqual(auto([big], 'cpu'), 'unrolled')
+    self.assertEqual(auto([big], 'gpu'), 'vmap')
+    self.assertEqual(auto([small], 'cpu', devices=8), 'sharded')
+
+  def test_sharded_needs_a_multiple_of_the_devices(self):
+    mesh = core.client_mesh(jax.devices()[:1] * 1)
+    self.assertEqual(mesh.shape[core.CLIENT_AXIS], 1)
+    out = core.map_clients(lambda x: 2 * x, jnp.arange(3.),
+                           strategy='sharded', mesh=mesh, inner='sequential')
+    np.testing.assert_array_equal(out, [0., 2., 4.])
 
   def test_errors(self):
     with self.assertRaisesRegex(ValueError, 'auto, vmap, sequential'):

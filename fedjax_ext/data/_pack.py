@@ -8,8 +8,10 @@ every column becomes [C, S, B, ...] plus 'mask' [C, S, B]. S is fixed for
 the whole run by `num_local_steps` from the largest client, so rounds never
 retrace (FedJAX pads the same way in its `for_each_client` blocks).
 
-Randomness is a pure function of (seed, round): a resumed run samples the
-same clients and the same batch order as an uninterrupted one.
+Randomness is a pure function of (seed, round) for sampling and of (seed,
+round, client) for a client's batch order: a resumed run replays an
+uninterrupted one, and a process that packs only its own block of the
+cohort packs it exactly as a single process would.
 """
 
 import math
@@ -26,24 +28,43 @@ _SHUFFLE_STREAM = 1
 
 
 def sample_clients(num_clients: int, clients_per_round: int, *, seed: int,
-                   round_num: int) -> np.ndarray:
-  """Client ids of one round, uniformly without replacement, sorted.
+                   round_num: int, num_groups: int = 1) -> np.ndarray:
+  """Client ids of one round, uniformly without replacement.
+
+  With ``num_groups`` G > 1 the federation is split into G groups by
+  ``client_id % G`` and each group contributes ``C / G`` clients, listed
+  group after group (each group sorted). Multi-host runs use one group per
+  process, so that every process trains only clients whose data it holds;
+  a single-process run with the same G samples the very same cohort.
 
   Args:
     num_clients: N, the size of the federation.
-    clients_per_round: C <= N.
+    clients_per_round: C <= N, a multiple of `num_groups`.
     seed: the run's sampling seed.
     round_num: the round (0-based); with `seed` it fixes the draw.
+    num_groups: G, see above.
 
   Returns:
-    int32 [C] sorted client ids.
+    int32 [C] client ids.
   """
   if not 0 < clients_per_round <= num_clients:
     raise ValueError(f'clients_per_round must be in [1, {num_clients}], got '
                      f'{clients_per_round}.')
-  rng = np.random.default_rng([seed, round_num, _SAMPLING_STREAM])
-  ids = rng.choice(num_clients, size=clients_per_round, replace=False)
-  return np.sort(ids).astype(np.int32)
+  if num_groups < 1 or clients_per_round % num_groups:
+    raise ValueError(f'clients_per_round ({clients_per_round}) must be a '
+                     f'multiple of num_groups ({num_groups}).')
+  per_group = clients_per_round // num_groups
+  blocks = []
+  for group in range(num_groups):
+    members = np.arange(group, num_clients, num_groups)
+    if per_group > len(members):
+      raise ValueError(f'group {group} has {len(members)} clients, fewer '
+                       f'than the {per_group} it must contribute.')
+    rng = np.random.default_rng([seed, round_num, _SAMPLING_STREAM, group]
+                                if num_groups > 1 else
+                                [seed, round_num, _SAMPLING_STREAM])
+    blocks.append(np.sort(rng.choice(members, per_group, replace=False)))
+  return np.concatenate(blocks).astype(np.int32)
 
 
 def num_local_steps(client_sizes: Sequence[int], batch_size: int, *,
@@ -95,7 +116,6 @@ def pack_cohort(examples: Examples, client_indices: Sequence[np.ndarray],
     A NumPy `Cohort`: columns [C, S, B, ...], 'mask' [C, S, B] float32,
     client ids and the clients' example counts.
   """
-  rng = np.random.default_rng([seed, round_num, _SHUFFLE_STREAM])
   slots = num_steps * batch_size
   rows = np.zeros((len(cohort_ids), slots), np.int64)
   mask = np.zeros((len(cohort_ids), slots), np.float32)
@@ -104,6 +124,9 @@ def pack_cohort(examples: Examples, client_indices: Sequence[np.ndarray],
     length = slots
     if local_epochs is not None:
       length = min(slots, math.ceil(local_epochs * len(indices)))
+    # Each client's order depends on (seed, round, client) only, not on
+    # which other clients this process packs alongside it.
+    rng = np.random.default_rng([seed, round_num, _SHUFFLE_STREAM, client])
     rows[row, :length] = _example_stream(indices, length, rng)
     mask[row, :length] = 1.
   shape = (len(cohort_ids), num_steps, batch_size)

@@ -63,6 +63,13 @@ class PackTest(parameterized.TestCase):
     self.assertFalse(np.array_equal(pack(0, 7).batches['y'],
                                     pack(0, 8).batches['y']))
 
+  def test_a_block_packs_as_within_the_whole_cohort(self):
+    pack = lambda ids: _pack.pack_cohort(
+        toy(), CLIENTS, np.array(ids), batch_size=4, num_steps=3, seed=0,
+        round_num=1, local_epochs=1)
+    whole, block = pack([0, 1, 2]), pack([1, 2])
+    np.testing.assert_array_equal(whole.batches['y'][1:], block.batches['y'])
+
   def test_sample_clients(self):
     ids = _pack.sample_clients(100, 10, seed=3, round_num=5)
     self.assertLen(set(ids.tolist()), 10)
@@ -72,6 +79,14 @@ class PackTest(parameterized.TestCase):
         ids, _pack.sample_clients(100, 10, seed=3, round_num=6)))
     with self.assertRaisesRegex(ValueError, r'\[1, 100\]'):
       _pack.sample_clients(100, 101, seed=0, round_num=0)
+
+  def test_grouped_sampling_takes_each_block_from_its_group(self):
+    ids = _pack.sample_clients(20, 6, seed=1, round_num=2, num_groups=2)
+    self.assertTrue(np.all(ids[:3] % 2 == 0))
+    self.assertTrue(np.all(ids[3:] % 2 == 1))
+    self.assertLen(set(ids.tolist()), 6)
+    with self.assertRaisesRegex(ValueError, 'multiple of num_groups'):
+      _pack.sample_clients(20, 5, seed=1, round_num=2, num_groups=2)
 
   def test_num_local_steps_errors(self):
     with self.assertRaisesRegex(ValueError, 'exactly one'):

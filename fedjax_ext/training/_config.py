@@ -44,6 +44,9 @@ class ExperimentConfig:
   prox_mu: float = 0.01
   weighting: str = 'examples'
   execution: str = 'auto'
+  # Cohorts draw C / G clients from each of G groups (client_id % G);
+  # 0: one group per process (see data.sample_clients).
+  sampling_groups: int = 0
   # Run.
   seed: int = 0
   eval_every: int = 10
@@ -105,6 +108,8 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
   if c.num_clients is not None:
     _require(c.clients_per_round <= c.num_clients, 'clients_per_round',
              f'in [1, --num_clients={c.num_clients}]', c.clients_per_round)
+  _require(c.sampling_groups >= 0, 'sampling_groups',
+           '>= 0 (0: one group per process)', c.sampling_groups)
   _require(c.local_steps >= 0, 'local_steps', '>= 0 (0: use --local_epochs)',
            c.local_steps)
   for flag in ('client_lr', 'server_lr', 'dirichlet_alpha', 'quantity_alpha',

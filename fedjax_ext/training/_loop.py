@@ -29,8 +29,10 @@ from fedjax_ext import core
 from fedjax_ext import data
 from fedjax_ext import models
 from fedjax_ext.training import _config
+from fedjax_ext.training import _distributed
 from fedjax_ext.training import _evaluation
 from fedjax_ext.training import _plots
+from fedjax_ext.training import _prefetch
 from fedjax_ext.training._checkpoint import Checkpointer
 from fedjax_ext.training._config import ConfigError, ExperimentConfig
 
@@ -181,15 +183,27 @@ def run_experiment(config: ExperimentConfig, *,
                    log: Callable[[str], None] = print) -> RunResult:
   """Trains, evaluates and checkpoints one federated run (module doc)."""
   validate_config(config)
+  lead = jax.process_index() == 0  # Only process 0 writes files and logs.
+  if not lead:
+    log = lambda message: None
+  if _distributed.is_multiprocess() and not config.workdir:
+    raise ConfigError('--workdir is required with several processes (they '
+                      'must share it).')
   workdir = config.workdir or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
   ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   federation = load_federation(config)
+  groups = config.sampling_groups or jax.process_count()
+  if config.clients_per_round % groups:
+    raise ConfigError(f'--clients_per_round ({config.clients_per_round}) '
+                      f'must be a multiple of the {groups} sampling groups '
+                      '(--sampling_groups, default: the process count).')
+  own_clients = _distributed.keep_own_clients(federation.client_indices)
   model, params, algorithm = build_model_and_algorithm(config, federation)
+  local_epochs = None if config.local_steps else config.local_epochs
   num_steps = data.num_local_steps(
       [len(p) for p in federation.client_indices], config.batch_size,
-      local_epochs=None if config.local_steps else config.local_epochs,
-      local_steps=config.local_steps or None)
+      local_epochs=local_epochs, local_steps=config.local_steps or None)
   state = algorithm.init(params)
   store = core.tree_broadcast(algorithm.init_client_state(params),
                               federation.num_clients)
@@ -211,6 +225,7 @@ def run_experiment(config: ExperimentConfig, *,
           f'--workdir={workdir} already holds checkpoints up to round '
           f'{start}; pass --resume to continue it or choose another '
           '--workdir.')
+    state, store = _distributed.to_global((state, store), sharded=False)
     if start is None:
       start, lines = 0, []
     else:
@@ -218,13 +233,15 @@ def run_experiment(config: ExperimentConfig, *,
       state, store = checkpointer.restore(start, state, store)
       lines = _read_metrics(metrics_path, start)
       log(f'Resumed from the checkpoint of round {start} in {ckpt_dir}.')
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-      f.write(config.to_json())
-    _write_metrics(metrics_path, lines)
+    if lead:
+      with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+        f.write(config.to_json())
+      _write_metrics(metrics_path, lines)
     log(f'{config.algorithm} on {config.dataset}: {federation.num_clients} '
         f'clients, {config.clients_per_round} per round, {num_steps} local '
-        f'steps of batch {config.batch_size}, {config.rounds} rounds; '
-        f'workdir {workdir}')
+        f'steps of batch {config.batch_size}, {config.rounds} rounds, '
+        f'{jax.device_count()} device(s) in {jax.process_count()} '
+        f'process(es); workdir {workdir}')
 
     _, run_key = run_keys(config.seed)
 
@@ -236,18 +253,22 @@ def run_experiment(config: ExperimentConfig, *,
       return state, store, metrics
 
     train_round = jax.jit(train_round, donate_argnums=(0, 1))
+
+    def packed_cohorts():
+      for r in range(start, config.rounds):
+        ids = data.sample_clients(
+            federation.num_clients, config.clients_per_round,
+            seed=config.seed, round_num=r, num_groups=groups)
+        yield r, data.pack_cohort(
+            federation.train, own_clients, _distributed.local_block(ids),
+            batch_size=config.batch_size, num_steps=num_steps,
+            seed=config.seed, round_num=r, local_epochs=local_epochs)
+
     t_start = time.perf_counter()
     round_times, interval = [], []
     last_saved = start if start else None
-    for r in range(start, config.rounds):
-      ids = data.sample_clients(federation.num_clients,
-                                config.clients_per_round, seed=config.seed,
-                                round_num=r)
-      cohort = data.pack_cohort(
-          federation.train, federation.client_indices, ids,
-          batch_size=config.batch_size, num_steps=num_steps,
-          seed=config.seed, round_num=r,
-          local_epochs=None if config.local_steps else config.local_epochs)
+    for r, cohort in _prefetch.prefetch(packed_cohorts()):
+      cohort = _distributed.to_global(cohort, sharded=True)
       t0 = time.perf_counter()
       state, store, metrics = train_round(state, store, cohort)
       metrics = jax.device_get(metrics)
@@ -268,16 +289,19 @@ def run_experiment(config: ExperimentConfig, *,
       done = r + 1
       if done % config.eval_every == 0 or done == config.rounds:
         line = {'round': done}
-        line.update(_evaluation_line(evaluate, state.params, test_set,
-                                     held_set))
+        line.update(_evaluation_line(
+            evaluate, _distributed.local_copy(state.params), test_set,
+            held_set))
         for key in ('train_loss', 'train_accuracy', 'update_norm'):
           line[key] = float(np.mean([m[key] for m in interval]))
         line['elapsed_s'] = time.perf_counter() - t_start
-        if round_times:
-          line['round_time_s'] = statistics.median(round_times)
+        recent = round_times[-len(interval):]
+        if recent:
+          line['round_time_s'] = statistics.median(recent)
         lines.append(line)
-        _write_metrics(metrics_path, lines)
-        rate = len(interval) / max(sum(round_times[-len(interval):]), 1e-9)
+        if lead:
+          _write_metrics(metrics_path, lines)
+        rate = len(recent) / max(sum(recent), 1e-9)
         log(f'round {done}/{config.rounds} | {rate:.1f} rounds/s | '
             f'train_loss {line["train_loss"]:.4f} | test_accuracy '
             f'{line["test_accuracy"]:.4f} | elapsed {line["elapsed_s"]:.1f}s')
@@ -285,7 +309,7 @@ def run_experiment(config: ExperimentConfig, *,
       if done % config.checkpoint_every == 0 or done == config.rounds:
         checkpointer.save(done, state, store)
         last_saved = done
-  if lines:
+  if lines and lead:
     _plots.plot_metrics(metrics_path, os.path.join(workdir, PLOT_FILE),
                         title=f'{config.algorithm} on {config.dataset}')
   return RunResult(state, store, lines)
