@@ -1,0 +1,216 @@
+r"""Drift measured inside the jitted round, for any `FederatedAlgorithm`.
+
+Three composable pieces:
+
+* `drift_metrics()`: a function with the signature of the ``extra_metrics``
+  hook of `core.federated_algorithm`, ``(outputs, aggregate, state) ->
+  metrics``, that computes `update_metrics` from the stacked client updates.
+* `drift_aggregator(inner)`: the same metrics for builders that accept an
+  ``aggregator=`` but expose no ``extra_metrics=`` hook (today
+  `algorithms.fed_avg` and `algorithms.scaffold`): it aggregates with
+  `inner` and keeps the round's update metrics in its state, where
+  `instrument` reads them.
+* `instrument(algorithm, loss_fn, ...)`: wraps ``apply`` so that the same
+  jitted round also maps `client_gradient_stats` over the cohort at the
+  global model (gradient dissimilarity, gradient noise) and logs the drift
+  bound of `drift_bound` beside the measured drift.
+
+Why a second mapped pass rather than a client update that also returns its
+gradient: the builders close over their client update (SCAFFOLD's is
+private), so a client-side wrapper cannot reach every algorithm without
+forking it; the gradient at the global model does not depend on the local
+trajectory, so computing it in the same round from the same batches and
+keys gives the same numbers at the same cost (one forward/backward per
+batch) and works unchanged for FedAvg, FedProx, SCAFFOLD, FedAdam and any
+later algorithm. It also keeps gradient pytrees out of
+`ClientOutput.metrics`, which `core.round_metrics` averages as scalars.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_ext import clients
+from fedjax_ext import core
+from fedjax_ext.core import Metrics, Params, PRNGKey, PyTree
+from fedjax_ext.drift import _metrics
+
+
+class GradientStats(NamedTuple):
+  """One client's gradient statistics at the global model."""
+  grad: PyTree  # Full-local-data gradient g_i, shaped like the params.
+  noise_var: jax.Array  # float32: sigma_i^2, variance of a batch gradient.
+  num_steps: jax.Array  # float32: batches holding a real example (K_i).
+  num_examples: jax.Array  # float32: real examples in the batches.
+
+
+def client_gradient_stats(loss_fn: clients.LossFn, *,
+                          select: Callable[[PyTree], PyTree] | None = None):
+  r"""``fn(params, batches [S, B, ...], key) -> GradientStats`` of ONE client.
+
+  With per-batch gradients :math:`g_s` of the masked-mean loss and the real
+  example counts :math:`n_s` of the S batches,
+  :math:`g_i = \sum_s n_s g_s / \sum_s n_s` is exactly the gradient of the
+  client's mean loss over every example in its batches, and
+  :math:`\sigma_i^2 = \sum_{s \in A} \|g_s - g_i\|^2 / (|A| - 1)` over its
+  active batches A (0 when |A| < 2) estimates the variance of one local SGD
+  step's gradient at the global model. Batch s uses ``fold_in(key, s)`` as
+  `clients.train_locally` does. `select` (see `drift_aggregator`) keeps
+  part of each gradient before any statistic is taken.
+  """
+
+  def stats_fn(params: Params, batches: dict[str, jax.Array],
+               key: PRNGKey) -> GradientStats:
+    num_steps = batches['mask'].shape[0]
+    grad_fn = jax.grad(lambda p, b, k: loss_fn(p, b, k)[0])
+
+    def one_batch(inputs):
+      s, batch = inputs
+      grad = grad_fn(params, batch, jax.random.fold_in(key, s))
+      return grad if select is None else select(grad)
+
+    per_batch = jax.lax.map(one_batch, (jnp.arange(num_steps), batches))
+    counts = jnp.sum(batches['mask'], axis=1)
+    total = jnp.sum(counts)
+    grad = core.tree_weighted_mean(per_batch, counts)
+    flat = _metrics.flatten_clients(per_batch)
+    flat_mean = _metrics.flatten_clients(
+        jax.tree.map(lambda g: g[None], grad))[0]
+    active = counts > 0
+    num_active = jnp.sum(active.astype(jnp.float32))
+    dev = jnp.sum(jnp.where(active, jnp.sum(jnp.square(flat - flat_mean),
+                                            axis=1), 0.))
+    noise_var = jnp.where(num_active > 1, dev / jnp.maximum(num_active - 1,
+                                                            1.), 0.)
+    return GradientStats(grad, noise_var, num_active, total)
+
+  return stats_fn
+
+
+def drift_metrics():
+  """The ``extra_metrics`` hook of `core.federated_algorithm` for drift.
+
+  Returns:
+    ``fn(outputs, aggregate, state) -> metrics``: `update_metrics` of the
+    stacked ``outputs.update`` with ``outputs.weight``.
+
+  Examples:
+    >>> import optax
+    >>> from fedjax_ext import aggregators, clients, core, drift
+    >>> loss = lambda p, b, k: ((p['w'] * b['mask']).sum(), {'accuracy': 0.})
+    >>> algorithm = core.federated_algorithm(
+    ...     clients.local_sgd(loss, optax.sgd(0.1)),
+    ...     aggregators.weighted_mean(), optax.sgd(1.0),
+    ...     extra_metrics=drift.drift_metrics())
+  """
+
+  def metrics_fn(outputs: core.ClientOutput, aggregate: PyTree,
+                 state: core.ServerState) -> Metrics:
+    del aggregate, state
+    return _metrics.update_metrics(outputs.update, outputs.weight)
+
+  return metrics_fn
+
+
+class DriftAggregatorState(NamedTuple):
+  """`drift_aggregator`'s state: the inner state and last round's metrics."""
+  inner: PyTree  # The wrapped aggregator's state.
+  metrics: Metrics  # float32 scalars named `UPDATE_METRICS`.
+
+
+def drift_aggregator(inner: core.Aggregator, *,
+                     select: Callable[[PyTree], PyTree] | None = None
+                     ) -> core.Aggregator:
+  """Aggregates with `inner`, recording `update_metrics` in its state.
+
+  Args:
+    inner: the aggregator that makes the round's aggregate.
+    select: optional ``fn(params_like) -> subtree`` restricting the metrics
+      to part of the parameters (e.g. `isr.backbone`, so that runs with and
+      without auxiliary heads measure drift in the same space).
+
+  Returns:
+    An `Aggregator` whose state is a `DriftAggregatorState`; `instrument`
+    copies ``state.metrics`` into the round's metrics.
+  """
+
+  def init_fn(params: Params) -> DriftAggregatorState:
+    zeros = {name: jnp.zeros((), jnp.float32)
+             for name in _metrics.UPDATE_METRICS}
+    return DriftAggregatorState(inner.init(params), zeros)
+
+  def update_fn(client_updates, state, params=None, *, weights,
+                **extra_args):
+    aggregate, inner_state = inner.update(client_updates, state.inner,
+                                          params, weights=weights,
+                                          **extra_args)
+    measured = client_updates if select is None else select(client_updates)
+    return aggregate, DriftAggregatorState(
+        inner_state, _metrics.update_metrics(measured, weights))
+
+  return core.Aggregator(init_fn, update_fn)
+
+
+def instrument(algorithm: core.FederatedAlgorithm, loss_fn: clients.LossFn,
+               *, learning_rate: float, weighting: str = 'examples',
+               select: Callable[[PyTree], PyTree] | None = None,
+               execution: str = 'auto',
+               chunk_size: int | None = None) -> core.FederatedAlgorithm:
+  r"""Adds gradient dissimilarity and the drift bound to every round.
+
+  Before the wrapped round, `client_gradient_stats` runs over the cohort at
+  ``state.params`` (the global model the clients start from) with the
+  clients' own keys; the round's metrics gain 'zeta_sq',
+  'b_dissimilarity_sq', 'grad_sq_norm', 'noise_var'
+  (:math:`\sum_i p_i\sigma_i^2`) and 'drift_bound' (`drift_bound`). When
+  the round also reports 'drift_sq_dist' (from `drift_metrics` or a
+  `drift_aggregator`), 'drift_bound_ratio' = measured / bound is added.
+
+  Args:
+    algorithm: any `core.FederatedAlgorithm` whose ``state.params`` is the
+      model the clients start from.
+    loss_fn: the clients' local loss (with ISR, the ISR loss).
+    learning_rate: the clients' local SGD step :math:`\eta`.
+    weighting: ``'examples'`` (p_i proportional to the real examples in a
+      client's batches, FedAvg's default weights) or ``'uniform'``.
+    select: optional ``fn(params_like) -> subtree``: gradients (and so
+      :math:`\zeta^2`, :math:`\sigma^2` and the bound) of that part only,
+      as in `drift_aggregator`.
+    execution, chunk_size: how the gradient pass maps clients
+      (`core.map_clients`).
+
+  Returns:
+    The same algorithm with the extra metrics.
+  """
+  clients.check_weighting(weighting)
+  stats_fn = client_gradient_stats(loss_fn, select=select)
+
+  def apply(state, client_store, cohort, key):
+    keys = core.client_keys(key, state.round, cohort.client_ids)
+    stats = core.map_clients(stats_fn, state.params, cohort.batches, keys,
+                             in_axes=(None, 0, 0), strategy=execution,
+                             chunk_size=chunk_size)
+    new_state, client_store, metrics = algorithm.apply(
+        state, client_store, cohort, key)
+    metrics = dict(metrics)
+    if isinstance(new_state.aggregator_state, DriftAggregatorState):
+      metrics.update(new_state.aggregator_state.metrics)
+    weights = stats.num_examples
+    if weighting == 'uniform':
+      weights = (weights > 0).astype(jnp.float32)
+    metrics.update(_metrics.gradient_dissimilarity(stats.grad, weights))
+    grad_sq = jnp.sum(jnp.square(_metrics.flatten_clients(stats.grad)),
+                      axis=1)
+    p = _metrics.normalized_weights(weights)
+    metrics['noise_var'] = p @ stats.noise_var
+    bound = _metrics.drift_bound(learning_rate, stats.num_steps,
+                                 stats.noise_var, grad_sq, weights)
+    metrics['drift_bound'] = bound
+    if 'drift_sq_dist' in metrics:
+      metrics['drift_bound_ratio'] = metrics['drift_sq_dist'] / jnp.maximum(
+          bound, 1e-30)
+    return new_state, client_store, metrics
+
+  return core.FederatedAlgorithm(algorithm.init,
+                                 algorithm.init_client_state, apply)
