@@ -12,13 +12,21 @@ Subpackages, in the order a round uses them:
 * `server`: optax transforms on the pseudo-gradient (FedAvg ... FedYogi).
 * `algorithms`: FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx,
   SCAFFOLD as compositions of the above.
+* `drift`: client drift, gradient dissimilarity and the local-SGD drift
+  bound, computed inside the jitted round.
+* `isr`: OmniISR intermediate supervision as a change of loss; PureCL and
+  Hybrid CL-FL modes.
 * `training`: the experiment loop, evaluation, checkpoints, plots.
+* `zo`: zeroth-order estimators (MeZO, Horvitz-Thompson sparse ZO, CurvZO)
+  as optax transforms; federated ZO with (seed, scalar) uploads.
 """
 
 from fedjax_ext import aggregators
 from fedjax_ext import algorithms
 from fedjax_ext import clients
 from fedjax_ext import core
+from fedjax_ext import drift
 from fedjax_ext import server
+from fedjax_ext import zo
 
 __version__ = '0.1.0'

@@ -1,0 +1,57 @@
+"""`python -m experiments.zo_finetune`: a quick run's files; bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*flags):
+  args = [sys.executable, '-m', 'experiments.zo_finetune', *flags]
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_quick_run_writes_metrics_and_plots(tmp_path, data_dir):
+  workdir = tmp_path / 'zo'
+  result = run('--quick', '--methods=mezo,curvzo', f'--workdir={workdir}',
+               f'--data_dir={data_dir}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '[centralized curvzo] step 40' in result.stdout
+  with open(workdir / 'metrics.jsonl') as f:
+    lines = [json.loads(line) for line in f]
+  evals = [l for l in lines if 'method' in l and 'summary' not in l]
+  for mode, last in (('centralized', 40), ('federated', 4)):
+    for method in ('mezo', 'curvzo'):
+      steps = [l['step'] for l in evals
+               if l['mode'] == mode and l['method'] == method]
+      assert steps[0] == 0 and steps[-1] == last, (mode, method, steps)
+  fed = [l for l in evals if l['mode'] == 'federated' and l['step'] > 0]
+  # Seed uploads: 8 + S (4 q + 1) bytes with S = 3 local steps, q = 1.
+  assert all(l['upload_bytes_per_client'] == 23 for l in fed)
+  summaries = [l for l in lines if l.get('summary')]
+  assert len(summaries) == 4
+  mezo = [l for l in summaries if l['method'] == 'mezo'][0]
+  assert mezo['steps_ratio_vs_mezo'] == 1.0
+  cnn = [l for l in lines if l.get('cnn_upload')][0]
+  assert cnn['num_parameters'] > 1_000_000 and cnn['ratio'] > 1000
+  for mode in ('centralized', 'federated'):
+    with open(workdir / f'zo_{mode}.png', 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--methods=mezo,adam', "unknown --methods entry 'adam'; valid choices: "
+     'sgd, mezo, uniform_sparse, curvzo_fixed, curvzo'),
+    ('--budget=0.9', '--budget must be in [0.1, 0.8], got 0.9'),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, flag, message):
+  result = run(flag, f'--workdir={tmp_path}')
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == f'error: {message}.', result.stderr
