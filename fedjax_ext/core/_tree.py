@@ -24,8 +24,13 @@ def tree_weighted_mean(stacked: PyTree, weights: jax.Array) -> PyTree:
   normalized = weights / jnp.where(total > 0, total, 1.)
 
   def mean(leaf):
-    w = normalized.astype(leaf.dtype).reshape((-1,) + (1,) * (leaf.ndim - 1))
-    return jnp.sum(w * leaf, axis=0)
+    # A [C] x [C, d] matmul: XLA:CPU reduces the leading axis of an N-D
+    # array ~100x slower than this (0.71 s vs 0.008 s for 10 clients of the
+    # 1.2M-parameter CNN).
+    flat = leaf.reshape(leaf.shape[0], -1)
+    out = jnp.matmul(normalized.astype(leaf.dtype), flat,
+                     precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(leaf.shape[1:])
 
   return jax.tree.map(mean, stacked)
 

@@ -1,0 +1,258 @@
+r"""Pre-aggregators and their composition with a robust aggregator.
+
+A pre-aggregator maps stacked client updates [C, ...] and weights [C] to
+new stacked updates [C', ...] and weights [C'] (NNM and clipping keep C,
+bucketing makes ``ceil(C / s)`` buckets). `process` chains any number of
+them in front of an aggregator into one `core.Aggregator`, e.g.
+``process(nnm(b), trimmed_mean(b))``. Presence (finite, positive weight)
+follows `_robust.present_clients`: a rejected client stays rejected (weight
+0, zero row) through every stage.
+
+References:
+  * NNM: Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing by
+    Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity",
+    AISTATS 2023, https://arxiv.org/abs/2302.01772.
+  * Bucketing: Karimireddy, He, Jaggi, "Byzantine-Robust Learning on
+    Heterogeneous Datasets via Bucketing", ICLR 2022,
+    https://arxiv.org/abs/2006.09365.
+  * Norm clipping: as in ByzFL's ``Clipping`` pre-aggregator (LPD-EPFL,
+    https://arxiv.org/abs/2505.24802).
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_ext.aggregators import _robust
+from fedjax_ext.core import Aggregator, PyTree
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class PreAggregator(NamedTuple):
+  """Stacked updates [C, ...] -> stacked updates [C', ...], optax style.
+
+  ``update(client_updates, state, params=None, *, weights, **extra_args)
+  -> ((client_updates', weights'), state)``.
+  """
+  init: Callable[[PyTree], PyTree]
+  update: Callable[..., tuple[tuple[PyTree, jax.Array], PyTree]]
+
+
+def _empty(params):
+  del params
+  return ()
+
+
+def nnm(num_byzantine: int) -> PreAggregator:
+  r"""Nearest-neighbour mixing (NNM).
+
+  Each present client's update becomes the mean of its
+  :math:`m = \max(k - b, 1)` nearest present updates, itself included
+  (``k`` present clients), in Euclidean distance of the flattened updates:
+
+  .. math:: y_i = \frac{1}{m} \sum_{j \in N_m(i)} x_j.
+
+  If :math:`F` is :math:`(b, \kappa)`-robust, :math:`F \circ` NNM is
+  :math:`(b, \frac{8b}{n - b}(\kappa + 1))`-robust (Allouah et al. 2023).
+  Ties in distance are broken by position.
+
+  Args:
+    num_byzantine: ``b``.
+
+  Returns:
+    A stateless `PreAggregator` keeping C and the weights of present
+    clients.
+  """
+  _robust.check_num_byzantine(num_byzantine)
+
+  def update_fn(client_updates, state, params=None, *, weights, **extra):
+    del params, extra
+    present = _robust.present_clients(client_updates, weights)
+    k = jnp.sum(present)
+    m = jnp.maximum(k - num_byzantine, 1)
+    dist = _robust.pairwise_sq_distances(client_updates, present)
+    # Itself first, whatever the ties at distance 0.
+    dist = jnp.where(jnp.eye(dist.shape[0], dtype=bool), -1., dist)
+    nearest = (_robust.ranks(dist) < m) & present[None, :]
+    mixing = jnp.where(present[:, None] & nearest, 1., 0.) / m
+    cleaned = _robust.clean_rows(client_updates, present)
+
+    def mix(leaf):
+      flat = leaf.reshape(leaf.shape[0], -1)
+      dtype = _robust.compute_dtype(leaf.dtype)
+      out = jnp.matmul(mixing.astype(dtype), flat.astype(dtype),
+                       precision=_HIGHEST)
+      return out.reshape(leaf.shape).astype(leaf.dtype)
+
+    new_weights = jnp.where(present, weights, 0.).astype(jnp.float32)
+    return (jax.tree.map(mix, cleaned), new_weights), state
+
+  return PreAggregator(_empty, update_fn)
+
+
+def norm_clipping(max_norm: float) -> PreAggregator:
+  r"""Clips each client's flattened update to norm at most ``max_norm``.
+
+  .. math:: x_i \leftarrow x_i \min(1, \tau / \|x_i\|).
+
+  Rejected clients become zero rows of weight 0.
+
+  Args:
+    max_norm: :math:`\tau > 0`.
+
+  Returns:
+    A stateless `PreAggregator`.
+  """
+  if max_norm <= 0:
+    raise ValueError(f'max_norm must be > 0, got {max_norm}.')
+
+  def update_fn(client_updates, state, params=None, *, weights, **extra):
+    del params, extra
+    present = _robust.present_clients(client_updates, weights)
+    cleaned = _robust.clean_rows(client_updates, present)
+    norms = jnp.sqrt(_robust.client_sq_norms(cleaned))
+    scale = jnp.minimum(1., max_norm / jnp.where(norms > 0, norms, 1.))
+
+    def clip(leaf):
+      s = scale.reshape((-1,) + (1,) * (leaf.ndim - 1))
+      dtype = _robust.compute_dtype(leaf.dtype)
+      return (leaf.astype(dtype) * s).astype(leaf.dtype)
+
+    new_weights = jnp.where(present, weights, 0.).astype(jnp.float32)
+    return (jax.tree.map(clip, cleaned), new_weights), state
+
+  return PreAggregator(_empty, update_fn)
+
+
+class BucketingState(NamedTuple):
+  """State of `bucketing`."""
+  rng_key: jax.Array  # Split at every update.
+
+
+def _content_hash(stacked: PyTree) -> jax.Array:
+  """uint32 [C]: a hash of each client's update bits (order-free input)."""
+  total = jnp.zeros(jax.tree.leaves(stacked)[0].shape[0], jnp.uint32)
+  for n, leaf in enumerate(jax.tree.leaves(stacked)):
+    flat = leaf.reshape(leaf.shape[0], -1)
+    if flat.dtype.itemsize == 2:
+      bits = jax.lax.bitcast_convert_type(flat, jnp.uint16).astype(
+          jnp.uint32)
+    elif flat.dtype.itemsize == 4:
+      bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
+    else:
+      bits = jax.lax.bitcast_convert_type(flat.astype(jnp.float32),
+                                          jnp.uint32)
+    position = (jnp.arange(flat.shape[1], dtype=jnp.uint32)
+                * jnp.uint32(2654435761) + jnp.uint32(2 * n + 1))
+    total = total * jnp.uint32(16777619) + jnp.sum(bits * position, axis=1,
+                                                   dtype=jnp.uint32)
+  return total
+
+
+def bucketing(bucket_size: int, *, key: jax.Array) -> PreAggregator:
+  r"""Random bucketing: the means of random groups of ``s`` clients.
+
+  Clients are put in a random order, cut into ``ceil(C / s)`` buckets of
+  ``s`` (the last padded with absent clients), and each bucket becomes
+  the mean of its present members (absent if it has none). The
+  aggregator after it then sees ``ceil(C / s)`` inputs.
+
+  Randomness: the state holds an ``rng_key``, split at every update; an
+  ``key=`` extra argument, when given, is used instead (and the state's key
+  is left as it is). The random order is drawn from the key *and* a hash of
+  each client's update, not from its position, so the result does not
+  depend on the order in which clients arrive (identical updates are
+  interchangeable); for a fixed key it is a fixed function of the
+  multiset of updates.
+
+  Args:
+    bucket_size: ``s >= 1``.
+    key: the initial key stored in the state.
+
+  Returns:
+    A `PreAggregator` with `BucketingState`.
+  """
+  if bucket_size < 1:
+    raise ValueError(f'bucket_size must be >= 1, got {bucket_size}.')
+
+  def init_fn(params):
+    del params
+    return BucketingState(rng_key=key)
+
+  def update_fn(client_updates, state, params=None, *, weights, **extra):
+    del params
+    if extra.get('key') is not None:
+      use_key, new_state = extra['key'], state
+    else:
+      use_key, next_key = jax.random.split(state.rng_key)
+      new_state = BucketingState(rng_key=next_key)
+    present = _robust.present_clients(client_updates, weights)
+    cleaned = _robust.clean_rows(client_updates, present)
+    num = present.shape[0]
+    num_buckets = -(-num // bucket_size)
+    pad = num_buckets * bucket_size - num
+    hashes = _content_hash(cleaned)
+    priority = jax.vmap(
+        lambda h: jax.random.bits(jax.random.fold_in(use_key, h)))(hashes)
+    order = jnp.argsort(priority, stable=True)
+    member = jnp.concatenate([present[order], jnp.zeros(pad, bool)])
+    member = member.reshape(num_buckets, bucket_size).astype(jnp.float32)
+    count = jnp.sum(member, axis=1)
+    avg = member / jnp.maximum(count, 1.)[:, None]
+
+    def bucket(leaf):
+      dtype = _robust.compute_dtype(leaf.dtype)
+      flat = leaf[order].reshape(num, -1).astype(dtype)
+      flat = jnp.concatenate([flat, jnp.zeros((pad, flat.shape[1]), dtype)])
+      flat = flat.reshape(num_buckets, bucket_size, -1)
+      out = jnp.einsum('bs,bsd->bd', avg.astype(dtype), flat,
+                       precision=_HIGHEST)
+      return out.reshape((num_buckets,) + leaf.shape[1:]).astype(leaf.dtype)
+
+    return (jax.tree.map(bucket, cleaned), count), new_state
+
+  return PreAggregator(init_fn, update_fn)
+
+
+def process(*stages) -> Aggregator:
+  """Chains pre-aggregators and a final aggregator into one `Aggregator`.
+
+  ``process(p_1, ..., p_m, F)`` aggregates ``F(p_m(...p_1(x)))``; the state
+  is the tuple of the stages' states. Extra keyword arguments reach every
+  stage.
+
+  Args:
+    *stages: zero or more `PreAggregator` followed by one `core.Aggregator`.
+
+  Returns:
+    A `core.Aggregator`.
+  """
+  if not stages:
+    raise ValueError('process needs at least a final aggregator.')
+  *pre, final = stages
+  for p in pre:
+    if not isinstance(p, PreAggregator):
+      raise TypeError(f'Every stage but the last must be a PreAggregator, '
+                      f'got {type(p).__name__}.')
+  if isinstance(final, PreAggregator) or not isinstance(final, Aggregator):
+    raise TypeError('The last stage must be a core.Aggregator.')
+
+  def init_fn(params):
+    return tuple(s.init(params) for s in stages)
+
+  def update_fn(client_updates, state, params=None, *, weights, **extra):
+    new_states = []
+    for stage, stage_state in zip(pre, state[:-1]):
+      (client_updates, weights), stage_state = stage.update(
+          client_updates, stage_state, params, weights=weights, **extra)
+      new_states.append(stage_state)
+    aggregate, final_state = final.update(client_updates, state[-1], params,
+                                          weights=weights, **extra)
+    return aggregate, tuple(new_states) + (final_state,)
+
+  return Aggregator(init_fn, update_fn)
+
+
+chain = process

@@ -1,0 +1,228 @@
+"""Byzantine robustness end to end: attacks, momentum, DSGD, the round."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_ext import aggregators
+from fedjax_ext import algorithms
+from fedjax_ext import byzantine
+from fedjax_ext import clients
+from fedjax_ext import core
+from fedjax_ext import models
+from fedjax_ext._src import test_utils
+
+C, S, B, D, K = 6, 2, 4, 5, 3  # clients, steps, batch, features, classes.
+BYZ = np.array([1, 4])
+
+
+def toy_cohort(seed=0, ids=None):
+  rng = np.random.default_rng(seed)
+  ids = np.arange(C, dtype=np.int32) if ids is None else ids
+  x = rng.normal(size=(C, S, B, D)).astype(np.float32)
+  y = rng.integers(0, K, (C, S, B)).astype(np.int32)
+  mask = np.ones((C, S, B), np.float32)
+  mask[2, 1] = 0.  # One padded step.
+  return core.Cohort(ids, {'x': x, 'y': y, 'mask': mask},
+                     np.full((C,), S * B, np.float32))
+
+
+def toy_model():
+  model = models.create_model('logistic', num_classes=K)
+  params = model.init(jax.random.key(0), np.zeros((1, D), np.float32))
+  return model, params['params']
+
+
+def run_rounds(algorithm, params, cohorts, key=jax.random.key(1)):
+  state = algorithm.init(params)
+  store = core.tree_broadcast(algorithm.init_client_state(params), C)
+  apply = jax.jit(algorithm.apply)
+  history = []
+  for cohort in cohorts:
+    state, store, metrics = apply(state, store, cohort, key)
+    history.append(metrics)
+  return state, store, history
+
+
+# ---------------------------------------------------------------------------
+# Attacks, on hand-checkable stacked updates.
+# ---------------------------------------------------------------------------
+
+
+def stacked():
+  u = jnp.arange(12., dtype=jnp.float32).reshape(4, 3)  # rows: clients.
+  return {'u': u}, jnp.array([False, False, True, True]), jnp.ones(4)
+
+
+def test_omniscient_attacks_use_honest_statistics():
+  updates, byz, w = stacked()
+  honest = np.array([[0., 1, 2], [3, 4, 5]])
+  mu, sd = honest.mean(0), honest.std(0)
+  key = jax.random.key(0)
+  cases = {
+      'sign_flip': (byzantine.sign_flip(), -mu),
+      'alie': (byzantine.alie(z=1.5), mu + 1.5 * sd),
+      'ipm': (byzantine.inner_product_manipulation(0.5), -0.5 * mu),
+      'mimic': (byzantine.mimic(), honest[0]),
+  }
+  for name, (attack, expected) in cases.items():
+    out = jax.jit(attack.corrupt)(updates, byz, w, key)['u']
+    np.testing.assert_allclose(out[:2], honest, err_msg=name)
+    np.testing.assert_allclose(out[2:], np.stack([expected] * 2), rtol=1e-6,
+                               err_msg=name)
+
+
+def test_noise_and_non_finite_attacks_touch_only_byzantine_rows():
+  updates, byz, w = stacked()
+  key = jax.random.key(0)
+  out = byzantine.gaussian(2.0).corrupt(updates, byz, w, key)['u']
+  np.testing.assert_array_equal(out[:2], updates['u'][:2])
+  assert not np.allclose(out[2], out[3])  # Independent noise per client.
+  for value, check in (('nan', np.isnan), ('inf', np.isposinf)):
+    out = byzantine.non_finite(value).corrupt(updates, byz, w, key)['u']
+    assert check(out[2:]).all() and np.isfinite(out[:2]).all()
+
+
+def test_alie_default_z_and_byzantine_ids():
+  # Baruch et al.: n=20, b=4 -> s=7, z = Phi^-1(13/20).
+  np.testing.assert_allclose(byzantine.alie_z(20, 4), 0.38532, atol=1e-4)
+  small = byzantine.byzantine_ids(20, 0.1, seed=3)
+  large = byzantine.byzantine_ids(20, 0.2, seed=3)
+  assert len(small) == 2 and len(large) == 4
+  assert set(small) <= set(large)  # Nested across fractions.
+  with pytest.raises(ValueError, match='0.5'):
+    byzantine.byzantine_ids(20, 0.5, seed=0)
+  with pytest.raises(ValueError, match='valid choices'):
+    byzantine.create_attack('nope')
+
+
+# ---------------------------------------------------------------------------
+# The round.
+# ---------------------------------------------------------------------------
+
+
+def test_no_attack_and_mean_equals_fedavg_bit_for_bit():
+  model, params = toy_model()
+  loss_fn = clients.classification_loss(model)
+  cohorts = [byzantine.mark_cohort(toy_cohort(r), BYZ) for r in range(3)]
+  plain = algorithms.fed_avg(loss_fn, optax.sgd(0.3), optax.sgd(1.0))
+  robust = byzantine.robust_algorithm(
+      loss_fn, aggregators.mean(), optax.sgd(1.0), mode='fedavg',
+      client_optimizer=optax.sgd(0.3), attack=None, weighting='examples')
+  plain_cohorts = [toy_cohort(r) for r in range(3)]
+  want, _, want_m = run_rounds(plain, params, plain_cohorts)
+  got, _, got_m = run_rounds(robust, params, cohorts)
+  test_utils.assert_trees_all_equal(want.params, got.params)
+  assert float(got_m[-1]['train_loss']) == float(want_m[-1]['train_loss'])
+  assert int(got_m[-1]['byzantine_clients']) == 2  # Flagged, yet honest.
+
+
+def test_non_finite_attack_never_leaks_and_is_counted():
+  # Inf and overflow are covered per aggregator by the compliance suite.
+  value = 'nan'
+  model, params = toy_model()
+  loss_fn = clients.classification_loss(model)
+  cohorts = [byzantine.mark_cohort(toy_cohort(r), BYZ) for r in range(2)]
+  robust = byzantine.robust_algorithm(
+      loss_fn, aggregators.process(aggregators.nnm(2),
+                                   aggregators.trimmed_mean(2)),
+      optax.sgd(1.0), mode='fedavg', client_optimizer=optax.sgd(0.3),
+      attack=byzantine.non_finite(value), momentum=0.5)
+  state, store, history = run_rounds(robust, params, cohorts)
+  test_utils.assert_tree_all_finite(state.params)
+  test_utils.assert_tree_all_finite(store)  # Momenta are honest values.
+  assert [int(m['rejected_updates']) for m in history] == [2, 2]
+  assert all(np.isfinite(float(m['update_norm'])) for m in history)
+  # The guarded mean is safe too; the plain mean is not.
+  guarded = byzantine.robust_algorithm(
+      loss_fn, aggregators.mean(reject_non_finite=True), optax.sgd(1.0),
+      mode='fedavg', client_optimizer=optax.sgd(0.3),
+      attack=byzantine.non_finite(value))
+  test_utils.assert_tree_all_finite(
+      run_rounds(guarded, params, cohorts)[0].params)
+  plain = byzantine.robust_algorithm(
+      loss_fn, aggregators.mean(), optax.sgd(1.0), mode='fedavg',
+      client_optimizer=optax.sgd(0.3), attack=byzantine.non_finite(value))
+  assert not bool(core.tree_all_finite(
+      run_rounds(plain, params, cohorts)[0].params))
+
+
+def test_dsgd_with_momentum_matches_a_hand_computation():
+  model, params = toy_model()
+  loss_fn = clients.classification_loss(model)
+  beta, gamma = 0.75, 0.2
+  algorithm = byzantine.robust_algorithm(
+      loss_fn, aggregators.mean(), optax.sgd(gamma), mode='dsgd',
+      momentum=beta)
+  cohorts = [toy_cohort(r) for r in range(2)]
+  state, store, _ = run_rounds(algorithm, params, cohorts)
+
+  def grads(p, cohort):
+    def one(c):
+      batch = {k: v[c].reshape((S * B,) + v.shape[3:])
+               for k, v in cohort.batches.items()}
+      return jax.grad(lambda q: loss_fn(q, batch, jax.random.key(0))[0])(p)
+    return [one(c) for c in range(C)]
+
+  m = [jax.tree.map(jnp.zeros_like, params)] * C
+  p = params
+  for cohort in cohorts:
+    g = grads(p, cohort)
+    m = [jax.tree.map(lambda a, b: beta * a + (1 - beta) * b, mi, gi)
+         for mi, gi in zip(m, g)]
+    mean = jax.tree.map(lambda *xs: sum(xs) / C, *m)
+    p = jax.tree.map(lambda a, b: a - gamma * b, p, mean)
+  test_utils.assert_trees_all_close(state.params, p, rtol=1e-5, atol=1e-6)
+  test_utils.assert_trees_all_close(
+      jax.tree.map(lambda x: x[3], store), m[3], rtol=1e-5, atol=1e-6)
+
+
+def test_label_flip_trains_byzantine_clients_on_flipped_labels():
+  model, params = toy_model()
+  loss_fn = clients.classification_loss(model)
+  cohort = byzantine.mark_cohort(toy_cohort(), BYZ)
+  flipped = toy_cohort()
+  flipped.batches['y'][BYZ] = K - 1 - flipped.batches['y'][BYZ]
+
+  def updates(algorithm, cohort):
+    keys = core.client_keys(jax.random.key(1), jnp.int32(0),
+                            cohort.client_ids)
+    fn = jax.vmap(algorithm, in_axes=(None, None, 0, 0))
+    return fn(params, (), cohort.batches, keys).update
+
+  attacked = byzantine.byzantine_client(byzantine.sgd_gradient(loss_fn),
+                                        flip_labels=True, num_classes=K)
+  honest = byzantine.sgd_gradient(loss_fn)
+  test_utils.assert_trees_all_close(updates(attacked, cohort),
+                                    updates(honest, flipped))
+
+
+def test_experiment_quick_and_bad_flags(tmp_path, data_dir):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  workdir = tmp_path / 'byz'
+  done = subprocess.run(
+      [sys.executable, '-m', 'experiments.byzantine', '--quick',
+       f'--workdir={workdir}', f'--data_dir={data_dir}'],
+      capture_output=True, text=True, env=env, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
+  nan_mean = [l for l in lines if l['aggregator'] == 'mean']
+  nan_robust = [l for l in lines if l['aggregator'] == 'nnm_trimmed_mean']
+  assert nan_mean and not any(l['finite'] for l in nan_mean)
+  assert all(l['finite'] and l['rejected_updates'] > 0 for l in nan_robust)
+  for name in ('table.md', 'heatmap.png', 'quadratic.png',
+               'quadratic.jsonl'):
+    assert (workdir / name).stat().st_size > 0
+  bad = subprocess.run(
+      [sys.executable, '-m', 'experiments.byzantine', '--attacks=oops',
+       f'--workdir={workdir}'], capture_output=True, text=True, env=env,
+      check=False)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().startswith('error:') and 'sign_flip' in bad.stderr
