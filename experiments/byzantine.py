@@ -39,7 +39,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 
 from absl import app
@@ -50,6 +49,8 @@ from matplotlib import figure
 import numpy as np
 import optax
 
+from experiments._cli import fail
+from experiments._cli import parse_flags
 from fedjax_ext import aggregators
 from fedjax_ext import algorithms
 from fedjax_ext import byzantine
@@ -101,17 +102,6 @@ flags.DEFINE_bool('quick', False, 'Tiny settings for tests (seconds).')
 
 FLAGS = flags.FLAGS
 
-
-def fail(message: str, status: int = 2):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(status)
-
-
-def parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
 
 
 def log(message: str) -> None:

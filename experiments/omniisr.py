@@ -29,7 +29,6 @@ with status 2 and a one-line `error: ...`.
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import NamedTuple
 
@@ -44,6 +43,8 @@ import numpy as np
 import optax
 from sklearn import metrics as sk_metrics
 
+from experiments._cli import fail
+from experiments._cli import parse_flags
 from fedjax_ext import aggregators
 from fedjax_ext import algorithms
 from fedjax_ext import core
@@ -103,17 +104,6 @@ QUICK = dict(rounds=3, num_seeds=1, eval_every=3, local_steps=2,
              datasets=['digits'], algorithms=['fedavg'],
              hidden_sizes=['16'], isr_points=['hidden_0'])
 
-
-def fail(message: str, status: int = 2):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(status)
-
-
-def parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,12 +18,13 @@ exits with status 1 naming the round.
 """
 
 import dataclasses
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from experiments._cli import fail
+from experiments._cli import parse_flags
 from fedjax_ext import algorithms
 from fedjax_ext import clients
 from fedjax_ext import core
@@ -112,18 +113,6 @@ flags.DEFINE_bool('auto_distributed', False,
 
 FLAGS = flags.FLAGS
 
-
-def fail(message: str, status: int = 2):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(status)
-
-
-def parse_flags(argv):
-  """absl's parser, with parse errors as one line and exit status 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
 
 
 def initialize_distributed():

@@ -32,7 +32,6 @@ with status 2 and a one-line message.
 import json
 import math
 import os
-import sys
 import time
 
 from absl import app
@@ -43,6 +42,8 @@ from matplotlib import figure
 import numpy as np
 import optax
 
+from experiments._cli import fail
+from experiments._cli import parse_flags
 from fedjax_ext import algorithms
 from fedjax_ext import clients
 from fedjax_ext import data
@@ -90,17 +91,6 @@ flags.DEFINE_string('upload', 'seeds', f'ZO client uploads: '
 
 FLAGS = flags.FLAGS
 
-
-def fail(message: str, status: int = 2):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(status)
-
-
-def parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
 
 
 def check_flags():

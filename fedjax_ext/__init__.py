@@ -12,6 +12,7 @@ Subpackages, in the order a round uses them:
 * `server`: optax transforms on the pseudo-gradient (FedAvg ... FedYogi).
 * `algorithms`: FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx,
   SCAFFOLD as compositions of the above.
+* `byzantine`: attacks, worker momentum and robust-aggregation rounds.
 * `drift`: client drift, gradient dissimilarity and the local-SGD drift
   bound, computed inside the jitted round.
 * `isr`: OmniISR intermediate supervision as a change of loss; PureCL and
@@ -23,6 +24,7 @@ Subpackages, in the order a round uses them:
 
 from fedjax_ext import aggregators
 from fedjax_ext import algorithms
+from fedjax_ext import byzantine
 from fedjax_ext import clients
 from fedjax_ext import core
 from fedjax_ext import drift

@@ -22,7 +22,7 @@ def create_algorithm(name: str, loss_fn: clients.LossFn, *,
                      server_momentum: float = 0.9,
                      tau: float = 1e-3,
                      weighting: str = 'examples',
-                     unroll: int | bool = 1,
+                     unroll: int | bool | str = 'auto',
                      extra_metrics: Callable[..., core.Metrics] | None = None,
                      execution: str = 'auto',
                      chunk_size: int | None = None

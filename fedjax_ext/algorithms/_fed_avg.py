@@ -26,7 +26,7 @@ def fed_avg(loss_fn: clients.LossFn,
             prox_mu: float = 0.,
             aggregator: core.Aggregator | None = None,
             weighting: str = 'examples',
-            unroll: int | bool = 1,
+            unroll: int | bool | str = 'auto',
             extra_metrics: Callable[..., core.Metrics] | None = None,
             execution: str = 'auto',
             chunk_size: int | None = None) -> core.FederatedAlgorithm:

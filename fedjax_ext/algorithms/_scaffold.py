@@ -36,7 +36,7 @@ def scaffold(loss_fn: clients.LossFn, client_learning_rate: float,
              num_clients: int,
              aggregator: core.Aggregator | None = None,
              weighting: str = 'examples',
-             unroll: int | bool = 1,
+             unroll: int | bool | str = 'auto',
              extra_metrics: Callable[..., core.Metrics] | None = None,
              execution: str = 'auto',
              chunk_size: int | None = None) -> core.FederatedAlgorithm:

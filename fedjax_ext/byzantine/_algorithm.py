@@ -95,7 +95,7 @@ def robust_algorithm(loss_fn: clients.LossFn,
                      momentum: jax.typing.ArrayLike | None = None,
                      momentum_init: str = 'zeros',
                      weighting: str = 'uniform',
-                     unroll: int | bool = 1,
+                     unroll: int | bool | str = 'auto',
                      execution: str = 'auto',
                      chunk_size: int | None = None
                      ) -> core.FederatedAlgorithm:

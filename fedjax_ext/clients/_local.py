@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_ext.clients._objectives import LossFn
+from fedjax_ext import core
 from fedjax_ext.core import ClientOutput, Params, PRNGKey, Updates
 
 WEIGHTINGS = ('examples', 'uniform')
@@ -44,7 +45,7 @@ def train_locally(params: Params, batches: dict[str, jax.Array],
                   optimizer: optax.GradientTransformation,
                   prox_mu: float = 0.,
                   gradient_offset: Updates | None = None,
-                  unroll: int | bool = 1) -> tuple[Params, LocalStats]:
+                  unroll: int | bool | str = 'auto') -> tuple[Params, LocalStats]:
   """Runs masked local steps from `params` over `batches` [S, B, ...].
 
   Args:
@@ -55,13 +56,16 @@ def train_locally(params: Params, batches: dict[str, jax.Array],
     optimizer: the client optimizer; its state starts fresh each round.
     prox_mu: FedProx coefficient mu >= 0 of (mu/2)||w - params||^2.
     gradient_offset: optional constant added to each step's gradient.
-    unroll: `jax.lax.scan`'s unroll over steps (True unrolls all; on
-      XLA:CPU conv models run several times faster unrolled).
+    unroll: `jax.lax.scan`'s unroll over steps (True unrolls all), or
+      ``'auto'`` (`core.local_steps_unroll`: all steps for large models on
+      CPU, where rolled conv steps run ~8x slower; 1 otherwise).
 
   Returns:
     The local parameters after training and their `LocalStats`.
   """
   num_steps = batches['mask'].shape[0]
+  if unroll == 'auto':
+    unroll = core.local_steps_unroll(params)
 
   def objective(p, batch, step_key):
     loss, metrics = loss_fn(p, batch, step_key)
@@ -119,7 +123,7 @@ def check_weighting(weighting: str) -> None:
 
 def local_sgd(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
               prox_mu: float = 0., weighting: str = 'examples',
-              unroll: int | bool = 1):
+              unroll: int | bool | str = 'auto'):
   """The FedAvg / FedProx client update: local training, stateless.
 
   Args:

@@ -13,6 +13,7 @@ from fedjax_ext.core._algorithm import ServerState
 from fedjax_ext.core._map import CLIENT_AXIS
 from fedjax_ext.core._map import client_mesh
 from fedjax_ext.core._map import CPU_VMAP_MAX_PARAMS
+from fedjax_ext.core._map import local_steps_unroll
 from fedjax_ext.core._map import map_clients
 from fedjax_ext.core._map import resolve_single_device
 from fedjax_ext.core._map import resolve_strategy

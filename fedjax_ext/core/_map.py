@@ -68,6 +68,24 @@ def resolve_single_device(broadcast_args: Sequence[PyTree] = (), *,
   return 'vmap' if num_params <= CPU_VMAP_MAX_PARAMS else 'unrolled'
 
 
+def local_steps_unroll(params: PyTree, *,
+                       backend: str | None = None) -> int | bool:
+  """`auto`'s unroll of a client's local-step scan.
+
+  XLA:CPU runs a `lax.scan` whose body holds conv gradients ~8x slower than
+  the same steps unrolled (DESIGN.md; BENCHMARKS.md measured the W1 CNN
+  round 13x above the per-step limit with a rolled scan, 1.5x unrolled), so
+  on CPU models above `CPU_VMAP_MAX_PARAMS` parameters unroll every step.
+  Elsewhere the rolled loop keeps compile times short.
+  """
+  backend = backend or jax.default_backend()
+  num_params = sum(int(np.prod(np.shape(leaf)))
+                   for leaf in jax.tree.leaves(params))
+  if backend == 'cpu' and num_params > CPU_VMAP_MAX_PARAMS:
+    return True
+  return 1
+
+
 def client_mesh(devices: Sequence[jax.Device] | None = None
                ) -> jax.sharding.Mesh:
   """A 1-D mesh with axis ``'clients'`` over `devices` (default: all)."""

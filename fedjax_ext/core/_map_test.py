@@ -42,6 +42,13 @@ class MapClientsTest(parameterized.TestCase):
     self.assertEqual(auto([big], 'gpu'), 'vmap')
     self.assertEqual(auto([small], 'cpu', devices=8), 'sharded')
 
+  def test_local_steps_unroll_rule(self):
+    small = {'w': jnp.zeros((10,))}
+    big = {'w': jnp.zeros((core.CPU_VMAP_MAX_PARAMS + 1,))}
+    self.assertEqual(core.local_steps_unroll(small, backend='cpu'), 1)
+    self.assertIs(core.local_steps_unroll(big, backend='cpu'), True)
+    self.assertEqual(core.local_steps_unroll(big, backend='gpu'), 1)
+
   def test_sharded_needs_a_multiple_of_the_devices(self):
     mesh = core.client_mesh(jax.devices()[:1] * 1)
     self.assertEqual(mesh.shape[core.CLIENT_AXIS], 1)

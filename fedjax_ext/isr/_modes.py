@@ -39,7 +39,7 @@ from fedjax_ext.core import Examples, Metrics, PRNGKey, PyTree
 
 
 def centralized(loss_fn: clients.LossFn, learning_rate: float, *,
-                unroll: int | bool = 1) -> core.FederatedAlgorithm:
+                unroll: int | bool | str = 'auto') -> core.FederatedAlgorithm:
   """PureCL: SGD on pooled data, as a round of one client holding it all.
 
   Args:
@@ -90,7 +90,7 @@ def _cosine(a: PyTree, b: PyTree) -> jax.Array:
 
 def hybrid(algorithm: core.FederatedAlgorithm, loss_fn: clients.LossFn, *,
            learning_rate: float, cloud_weight: float,
-           unroll: int | bool = 1) -> HybridAlgorithm:
+           unroll: int | bool | str = 'auto') -> HybridAlgorithm:
   r"""Hybrid CL-FL around any federated algorithm (module doc).
 
   Args:
