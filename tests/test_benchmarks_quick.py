@@ -6,22 +6,16 @@ writes the markdown report and the PNG.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from benchmarks import run as bench
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _cli_runner import run_module
 
 
 def _run(*flags):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'benchmarks.run', *flags],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+  return run_module('benchmarks.run', *flags, timeout=300)
 
 
 def test_quick_run_writes_sane_results(tmp_path):

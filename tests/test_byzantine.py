@@ -1,9 +1,6 @@
 """Byzantine robustness end to end: attacks, momentum, DSGD, the round."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +15,9 @@ from fedjax_ext import clients
 from fedjax_ext import core
 from fedjax_ext import models
 from fedjax_ext._src import test_utils
+
+from _cli_runner import run_module
+
 
 C, S, B, D, K = 6, 2, 4, 5, 3  # clients, steps, batch, features, classes.
 BYZ = np.array([1, 4])
@@ -205,12 +205,9 @@ def test_label_flip_trains_byzantine_clients_on_flipped_labels():
 
 
 def test_experiment_quick_and_bad_flags(tmp_path, data_dir):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
   workdir = tmp_path / 'byz'
-  done = subprocess.run(
-      [sys.executable, '-m', 'experiments.byzantine', '--quick',
-       f'--workdir={workdir}', f'--data_dir={data_dir}'],
-      capture_output=True, text=True, env=env, check=False)
+  done = run_module('experiments.byzantine', '--quick',
+                    f'--workdir={workdir}', f'--data_dir={data_dir}')
   assert done.returncode == 0, done.stderr[-2000:]
   lines = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
   nan_mean = [l for l in lines if l['aggregator'] == 'mean']
@@ -220,9 +217,7 @@ def test_experiment_quick_and_bad_flags(tmp_path, data_dir):
   for name in ('table.md', 'heatmap.png', 'quadratic.png',
                'quadratic.jsonl'):
     assert (workdir / name).stat().st_size > 0
-  bad = subprocess.run(
-      [sys.executable, '-m', 'experiments.byzantine', '--attacks=oops',
-       f'--workdir={workdir}'], capture_output=True, text=True, env=env,
-      check=False)
+  bad = run_module('experiments.byzantine', '--attacks=oops',
+                   f'--workdir={workdir}')
   assert bad.returncode == 2
   assert bad.stderr.strip().startswith('error:') and 'sign_flip' in bad.stderr

@@ -1,25 +1,21 @@
 """`python -m experiments.train`: bad input exits 2 with one clear line."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from fedjax_ext import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _cli_runner import run_module
 
 
 def run_cli(*flags, data_dir=None, workdir=None):
-  args = [sys.executable, '-m', 'experiments.train', *flags]
+  flags = list(flags)
   if data_dir:
-    args.append(f'--data_dir={data_dir}')
+    flags.append(f'--data_dir={data_dir}')
   if workdir:
-    args.append(f'--workdir={workdir}')
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+    flags.append(f'--workdir={workdir}')
+  return run_module('experiments.train', *flags, timeout=300)
 
 
 @pytest.mark.parametrize('overrides, message', [

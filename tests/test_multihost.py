@@ -9,7 +9,10 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _cli_runner import ROOT
+from _cli_runner import run_module
+
+
 FLAGS = ['--num_clients=16', '--clients_per_round=8', '--rounds=3',
          '--eval_every=1', '--algorithm=scaffold', '--client_test_fraction=0']
 
@@ -30,11 +33,10 @@ def test_two_processes_match_one(tmp_path, data_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   assert '8 device(s) in 2 process(es)' in result.stdout
   single = str(tmp_path / 'single')
-  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
-  result = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', f'--workdir={single}',
-       f'--data_dir={data_dir}', '--sampling_groups=2', *FLAGS],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  result = run_module(
+      'experiments.train', f'--workdir={single}', f'--data_dir={data_dir}',
+      '--sampling_groups=2', *FLAGS,
+      extra_env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
   assert result.returncode == 0, result.stderr[-3000:]
   multi_lines, single_lines = read_metrics(multi), read_metrics(single)
   assert [m['round'] for m in multi_lines] == [1, 2, 3]

@@ -2,21 +2,15 @@
 bad flags exit 2 with one line. Runs as subprocesses (absl flags are global)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _cli_runner import run_module
 
 
 def run_cli(*flags):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'experiments.omniisr', *flags],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+  return run_module('experiments.omniisr', *flags)
 
 
 def test_quick_run_writes_tables_plots_and_drift(tmp_path, data_dir):

@@ -1,20 +1,14 @@
 """`python -m experiments.zo_finetune`: a quick run's files; bad flags."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _cli_runner import run_module
 
 
 def run(*flags):
-  args = [sys.executable, '-m', 'experiments.zo_finetune', *flags]
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return run_module('experiments.zo_finetune', *flags, timeout=300)
 
 
 def test_quick_run_writes_metrics_and_plots(tmp_path, data_dir):

@@ -27,15 +27,6 @@ def run_round(algorithm, params, cohort, num_clients=None):
   return jax.jit(algorithm.apply)(state, store, cohort, KEY)
 
 
-def sgd_steps(params, batches, lr):
-  """Plain SGD on each [B] batch of `batches` [S, B, ...] in order."""
-  grad = jax.grad(lambda p, b: _testing.linear_loss(p, b, None)[0])
-  for s in range(batches['x'].shape[0]):
-    batch = jax.tree.map(lambda v: v[s], batches)
-    params = jax.tree.map(lambda p, g: p - lr * g, params, grad(params, batch))
-  return params
-
-
 class FedAvgTest(parameterized.TestCase):
 
   @parameterized.parameters('vmap', 'sequential')
@@ -45,8 +36,8 @@ class FedAvgTest(parameterized.TestCase):
     algorithm = algorithms.fed_avg(_testing.linear_loss, optax.sgd(0.05),
                                    optax.sgd(1.0), execution=execution)
     state, _, metrics = run_round(algorithm, params, cohort)
-    expected = sgd_steps(params,
-                         jax.tree.map(lambda v: v[0], cohort.batches), 0.05)
+    expected = _testing.sgd_steps(
+        params, jax.tree.map(lambda v: v[0], cohort.batches), 0.05)
     test_utils.assert_trees_all_close(state.params, expected, atol=1e-6)
     self.assertEqual(int(state.round), 1)
     self.assertEqual(float(metrics['local_steps']), 5.)
@@ -59,7 +50,7 @@ class FedAvgTest(parameterized.TestCase):
     state, _, _ = run_round(algorithm, params, cohort)
     pooled = jax.tree.map(lambda v: v.reshape((1, 32) + v.shape[3:]),
                           cohort.batches)
-    expected = sgd_steps(params, pooled, 0.1)
+    expected = _testing.sgd_steps(params, pooled, 0.1)
     test_utils.assert_trees_all_close(state.params, expected, atol=1e-6)
 
   def test_padding_steps_change_nothing(self):
@@ -70,9 +61,10 @@ class FedAvgTest(parameterized.TestCase):
     algorithm = algorithms.fed_avg(_testing.linear_loss, optax.sgd(0.05),
                                    optax.sgd(1.0))
     state, _, metrics = run_round(algorithm, params, cohort)
-    y0 = sgd_steps(params, jax.tree.map(lambda v: v[0], cohort.batches), 0.05)
-    y1 = sgd_steps(params, jax.tree.map(lambda v: v[1, :2], cohort.batches),
-                   0.05)
+    first = jax.tree.map(lambda v: v[0], cohort.batches)
+    second = jax.tree.map(lambda v: v[1, :2], cohort.batches)
+    y0 = _testing.sgd_steps(params, first, 0.05)
+    y1 = _testing.sgd_steps(params, second, 0.05)
     # Weights are the examples processed: 12 and 6.
     expected = jax.tree.map(lambda a, b: (12 * a + 6 * b) / 18, y0, y1)
     test_utils.assert_trees_all_close(state.params, expected, atol=1e-6)

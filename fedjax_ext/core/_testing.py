@@ -1,5 +1,6 @@
 """Tiny hand-checkable problems shared by the core and algorithm tests."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -13,6 +14,15 @@ def linear_loss(params, batch, key):
   err = jnp.square(pred - batch['y']) * batch['mask']
   loss = jnp.sum(err) / jnp.maximum(jnp.sum(batch['mask']), 1.)
   return loss, {'accuracy': jnp.zeros(())}
+
+
+def sgd_steps(params, batches, lr):
+  """Plain SGD on `linear_loss`, one step per [B] batch of [S, B, ...]."""
+  grad = jax.grad(lambda p, b: linear_loss(p, b, None)[0])
+  for s in range(batches['x'].shape[0]):
+    batch = jax.tree.map(lambda v, s=s: v[s], batches)
+    params = jax.tree.map(lambda p, g: p - lr * g, params, grad(params, batch))
+  return params
 
 
 def linear_params(dim=3):

@@ -15,14 +15,6 @@ KEY = jax.random.key(0)
 LR = 0.05
 
 
-def sgd_steps(params, batches):
-  grad = jax.grad(lambda p, b: _testing.linear_loss(p, b, None)[0])
-  for s in range(batches['x'].shape[0]):
-    batch = jax.tree.map(lambda v: v[s], batches)
-    params = jax.tree.map(lambda p, g: p - LR * g, params, grad(params, batch))
-  return params
-
-
 class ModesTest(absltest.TestCase):
 
   def setUp(self):
@@ -43,8 +35,8 @@ class ModesTest(absltest.TestCase):
     algorithm = isr.centralized(_testing.linear_loss, LR)
     state, _, _ = jax.jit(algorithm.apply)(algorithm.init(self.params), (),
                                            cohort, KEY)
-    expected = sgd_steps(self.params,
-                         jax.tree.map(lambda v: v[0], cohort.batches))
+    expected = _testing.sgd_steps(
+        self.params, jax.tree.map(lambda v: v[0], cohort.batches), LR)
     test_utils.assert_trees_all_close(state.params, expected, atol=1e-6)
 
   def test_hybrid_mixes_cloud_and_federated_updates(self):
@@ -54,7 +46,7 @@ class ModesTest(absltest.TestCase):
     cloud = _testing.random_cohort(1, 3, 8, seed=2).batches
     cloud = jax.tree.map(lambda v: v[0], cloud)
     fl_state, _, _ = jax.jit(fl.apply)(fl.init(self.params), (), cohort, KEY)
-    cloud_params = sgd_steps(self.params, cloud)
+    cloud_params = _testing.sgd_steps(self.params, cloud, LR)
     for w in (0., 0.25, 1.):
       hybrid = isr.hybrid(fl, _testing.linear_loss, learning_rate=LR,
                           cloud_weight=w)
