@@ -65,6 +65,16 @@ K/n` is a reconstruction [I] of the port's unused ``sgs_alpha``; here
 into an empty sample (that would change the inclusion probabilities and bias
 the Horvitz-Thompson estimate); an empty sample gives a zero update.
 
+**Cold start.** The port's initial state (:math:`S_b = 0.01`,
+:math:`G = 10^{-8}`, no bias correction) makes the first steps'
+probabilities extreme: the first step's signal :math:`|\bar\delta|/G` is
+:math:`1/\beta_G` times its steady value, the largest sampled block jumps
+~100x above the rest, and their :math:`\pi_b` fall to a few percent until
+the 1/π²-weighted energy share of a rare draw lifts them. The learnt part of the state is a `SamplerState`
+(`sampler_state`, `with_sampler_state`); a federated server carries its
+cohort mean across rounds so that clients do not restart cold every round
+(`fedjax_ext.zo.zo_fed_avg`, our design [I]).
+
 References:
   Malladi et al., `Fine-Tuning Language Models with Just Forward Passes
   <https://arxiv.org/abs/2305.17333>`_, NeurIPS 2023 (MeZO).
@@ -117,6 +127,19 @@ class SparseZOState(NamedTuple):
   budget: jax.Array  # float32: f, expected fraction of blocks perturbed.
   probs: jax.Array  # float32 [n]: the last step's inclusion probabilities.
   mask: jax.Array  # bool [n]: the last step's sampled blocks.
+
+
+class SamplerState(NamedTuple):
+  """What a sparse estimator learns across steps: its block sampler.
+
+  The fields of `SparseZOState` that persist from step to step (the key and
+  the last step's scalars, probabilities and mask do not). A federated
+  server carries it across rounds (`fedjax_ext.zo.zo_fed_avg`).
+  """
+  count: jax.Array  # int32: steps taken (phase of the budget schedule).
+  scores: jax.Array  # float32 [n]: per-block score S_b.
+  feedback_scale: jax.Array  # float32: G.
+  budget: jax.Array  # float32: f.
 
 
 ObjFn = Callable[[Params], jax.Array]
@@ -490,6 +513,59 @@ def projected_grads(opt_state: optax.OptState) -> jax.Array:
 def zo_loss(opt_state: optax.OptState) -> jax.Array:
   """The last step's mean of (L+ + L-)/2 of the one ZO estimator."""
   return _single_zo_state(opt_state).loss
+
+
+def sampler_state(opt_state: optax.OptState) -> SamplerState | None:
+  """The `SamplerState` of the one ZO estimator; None for `mezo` (none)."""
+  state = _single_zo_state(opt_state)
+  if not isinstance(state, SparseZOState):
+    return None
+  return SamplerState(count=state.count, scores=state.scores,
+                      feedback_scale=state.feedback_scale,
+                      budget=state.budget)
+
+
+def with_sampler_state(opt_state: optax.OptState,
+                       sampler: SamplerState | None) -> optax.OptState:
+  """`opt_state` with its one ZO estimator's sampler replaced by `sampler`.
+
+  None leaves `opt_state` unchanged (e.g. `mezo`, which has no sampler).
+  """
+  if sampler is None:
+    return opt_state
+  _single_zo_state(opt_state)  # Exactly one estimator.
+
+  def fn(x):
+    if isinstance(x, SparseZOState):
+      return x._replace(**sampler._asdict())
+    if _is_zo_state(x):
+      raise ValueError('A SamplerState needs a sparse_zo / curvzo estimator, '
+                       f'found {type(x).__name__}.')
+    return x
+
+  return jax.tree.map(fn, opt_state, is_leaf=_is_zo_state)
+
+
+def mean_sampler_state(samplers: SamplerState,
+                       weights: jax.Array) -> SamplerState:
+  r"""Weighted mean of stacked [C] sampler states (a server's carry).
+
+  Scores, :math:`G` and the budget are averaged with the (non-negative)
+  client weights; the step count is the largest count of a client with
+  positive weight. With no positive weight, client 0's state is returned
+  (in a federated round that is the broadcast state, since a client
+  without data takes no step).
+  """
+  w = jnp.asarray(weights, jnp.float32)
+  total = jnp.sum(w)
+  safe = jnp.where(total > 0, w / jnp.maximum(total, 1e-30),
+                   jnp.zeros_like(w).at[0].set(1.))
+  mean = lambda x: jnp.tensordot(safe, x.astype(jnp.float32), axes=1)
+  count = jnp.max(jnp.where(w > 0, samplers.count, samplers.count[0]))
+  return SamplerState(count=count.astype(jnp.int32),
+                      scores=mean(samplers.scores),
+                      feedback_scale=mean(samplers.feedback_scale),
+                      budget=mean(samplers.budget))
 
 
 def num_blocks(params: Params) -> int:
