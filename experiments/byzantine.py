@@ -61,7 +61,8 @@ from fedjax_ext import models
 
 AGGREGATORS = ('mean', 'mean_guarded', 'median', 'trimmed_mean', 'krum',
                'multi_krum', 'geometric_median', 'centered_clipping',
-               'nnm_trimmed_mean', 'nnm_median', 'bucketing_trimmed_mean')
+               'nnm_trimmed_mean', 'nnm_median', 'bucketing_trimmed_mean',
+               'bulyan', 'arc_trimmed_mean', 'arc_nnm_trimmed_mean')
 DEFAULT_AGGREGATORS = ('mean', 'median', 'trimmed_mean', 'krum',
                        'geometric_median', 'centered_clipping',
                        'nnm_trimmed_mean')
@@ -93,11 +94,17 @@ flags.DEFINE_integer('num_clients', 20, 'Clients of digits (>= 4).')
 flags.DEFINE_float('dirichlet_alpha', 1.0, 'Label skew of digits (> 0).')
 flags.DEFINE_float('alie_z', None, 'ALIE z; default: Baruch et al. z_max.')
 flags.DEFINE_float('ipm_epsilon', 0.1, 'IPM epsilon (> 0).')
+flags.DEFINE_list('optimal_factors',
+                  [f'{f:g}' for f in byzantine.OPTIMAL_FACTORS],
+                  'Grid of factors (ALIE z, IPM epsilon) the *_optimal '
+                  'attacks search each round.')
 flags.DEFINE_float('gaussian_scale', 1.0, 'Gaussian attack std (> 0).')
 flags.DEFINE_float('cc_radius', 1.0, 'Centered clipping radius (> 0).')
 flags.DEFINE_bool('grid', True, 'Run the aggregator x attack grid.')
 flags.DEFINE_bool('quadratic', True, 'Run the synthetic quadratic.')
 flags.DEFINE_bool('benchmark', False, 'Time aggregation vs a W1 round.')
+flags.DEFINE_bool('benchmark_sort', False, 'Also time median and trimmed '
+                  'mean with jnp.sort (the baseline; ~12 s each on CPU).')
 flags.DEFINE_bool('quick', False, 'Tiny settings for tests (seconds).')
 
 FLAGS = flags.FLAGS
@@ -149,6 +156,13 @@ def check_flags() -> dict:
                'gaussian_scale', 'cc_radius'):
     if not FLAGS[name].value > 0:
       fail(f'--{name} must be > 0, got {FLAGS[name].value}.')
+  try:
+    factors = [float(f) for f in FLAGS.optimal_factors]
+  except ValueError:
+    fail('--optimal_factors must be numbers, got '
+         f'{",".join(FLAGS.optimal_factors)!r}.')
+  if not factors or any(not f > 0 for f in factors):
+    fail('--optimal_factors must be a non-empty list of numbers > 0.')
   settings = dict(
       datasets=list(FLAGS.datasets), aggregators=list(FLAGS.aggregators),
       attacks=list(FLAGS.attacks), fractions=fractions,
@@ -156,7 +170,8 @@ def check_flags() -> dict:
   if FLAGS.quick:
     settings.update(datasets=['digits'], aggregators=['mean',
                                                       'nnm_trimmed_mean'],
-                    attacks=['nan'], rounds=5, quad_rounds=50,
+                    attacks=['nan', 'alie_optimal'], rounds=5,
+                    quad_rounds=50,
                     quad_seeds=1)
   return settings
 
@@ -177,13 +192,22 @@ def make_aggregator(name: str, b: int) -> core.Aggregator:
       'bucketing_trimmed_mean': lambda: a.process(
           a.bucketing(2, key=jax.random.key(FLAGS.seed)),
           a.trimmed_mean(b // 2)),
+      'bulyan': lambda: a.bulyan(b),
+      'arc_trimmed_mean': lambda: a.process(a.arc(b), a.trimmed_mean(b)),
+      'arc_nnm_trimmed_mean': lambda: a.process(a.arc(b), a.nnm(b),
+                                                a.trimmed_mean(b)),
   }[name]()
 
 
-def make_attack(name: str) -> byzantine.Attack:
+def make_attack(name: str, aggregator: core.Aggregator) -> byzantine.Attack:
+  """The attack ``name``; the optimal ones target ``aggregator``."""
+  factors = [float(f) for f in FLAGS.optimal_factors]
   kwargs = {'alie': dict(z=FLAGS.alie_z),
             'ipm': dict(epsilon=FLAGS.ipm_epsilon),
-            'gaussian': dict(scale=FLAGS.gaussian_scale)}.get(name, {})
+            'gaussian': dict(scale=FLAGS.gaussian_scale),
+            'alie_optimal': dict(aggregator=aggregator, factors=factors),
+            'ipm_optimal': dict(aggregator=aggregator, factors=factors),
+            }.get(name, {})
   return byzantine.create_attack(name, **kwargs)
 
 
@@ -245,15 +269,17 @@ def run_pair(model, params, loss_fn, test, cohorts, flags_v, betas,
       batches[byzantine.BYZANTINE] = byz_flags
       state, store, metrics = algorithm.apply(
           state, store, cohort._replace(batches=batches), key)
+      factor = metrics.get('attack_factor', jnp.zeros(()))
       return (state, store), (metrics['train_loss'],
-                              metrics['rejected_updates'])
+                              metrics['rejected_updates'], factor)
 
-    (state, _), (losses, rejected) = jax.lax.scan(round_fn, (state, store),
-                                                  cohorts)
+    (state, _), (losses, rejected, factors) = jax.lax.scan(
+        round_fn, (state, store), cohorts)
     logits = model.apply({'params': state.params}, test_x, train=False)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == test_y)
     finite = core.tree_all_finite(state.params)
-    return accuracy, jnp.mean(losses[-10:]), jnp.sum(rejected), finite
+    return (accuracy, jnp.mean(losses[-10:]), jnp.sum(rejected), finite,
+            jnp.median(factors))
 
   return jax.jit(jax.vmap(one_variant))(flags_v, betas)
 
@@ -292,20 +318,24 @@ def run_grid(settings, workdir):
     for agg_name, attack_name in itertools.product(settings['aggregators'],
                                                    settings['attacks']):
       t0 = time.perf_counter()
-      acc, loss, rejected, finite = jax.device_get(run_pair(
+      aggregator = make_aggregator(agg_name, b)
+      acc, loss, rejected, finite, factor = jax.device_get(run_pair(
           model, params, loss_fn, test, cohorts, jnp.asarray(flags_v),
-          jnp.asarray(betas), make_aggregator(agg_name, b),
-          make_attack(attack_name), num_classes))
+          jnp.asarray(betas), aggregator,
+          make_attack(attack_name, aggregator), num_classes))
       for v, (fraction, beta) in enumerate(variants):
         results.append(dict(
             dataset=name, aggregator=agg_name, attack=attack_name,
             fraction=fraction, momentum=float(beta),
             test_accuracy=float(acc[v]), train_loss=float(loss[v]),
-            rejected_updates=int(rejected[v]), finite=bool(finite[v])))
-      log(f'  {agg_name:>22} x {attack_name:<10} '
+            rejected_updates=int(rejected[v]), finite=bool(finite[v]),
+            median_attack_factor=float(factor[v])))
+      chosen = (' factor ' + '/'.join(f'{x:g}' for x in factor)
+                if attack_name.endswith('_optimal') else '')
+      log(f'  {agg_name:>22} x {attack_name:<12} '
           + ' '.join(f'f={f} b={beta:g}: {a:.3f}'
                      for (f, beta), a in zip(variants, acc))
-          + f'  ({time.perf_counter() - t0:.1f}s)')
+          + f'{chosen}  ({time.perf_counter() - t0:.1f}s)')
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
     for line in results:
       f.write(json.dumps(line) + '\n')
@@ -405,7 +435,7 @@ def quadratic_floor(agg: core.Aggregator, g2, s2, beta, seed, rounds):
   c = c * jnp.sqrt(g2 / jnp.maximum(jnp.mean(jnp.sum(c ** 2, 1)), 1e-12))
   c = jnp.concatenate([c, jnp.zeros((QUAD_B, QUAD_D))])  # c_H mean = 0.
   byz = jnp.arange(QUAD_N) >= honest
-  attack = make_attack('alie')
+  attack = make_attack('alie', agg)
   weights = jnp.ones(QUAD_N)
 
   def step(carry, t):
@@ -483,14 +513,23 @@ def run_quadratic(settings, workdir):
 # ---------------------------------------------------------------------------
 
 
-def _time(fn, *args, repeats=2):
+def _time(fn, *args, repeats=3):
+  """(compile + first call, median wall, median process CPU) seconds.
+
+  Process CPU time counts every thread: XLA:CPU runs the aggregators on one
+  core but spreads a W1 round's convolutions over both, so the wall-time
+  ratio is the one the target is about and the CPU ratio shows the work.
+  """
+  t0 = time.perf_counter()
   jax.block_until_ready(fn(*args))  # Compile and warm up.
-  times = []
+  first = time.perf_counter() - t0
+  walls, cpus = [], []
   for _ in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+    walls.append(time.perf_counter() - t0)
+    cpus.append(time.process_time() - c0)
+  return first, float(np.median(walls)), float(np.median(cpus))
 
 
 def run_benchmark(workdir):
@@ -514,28 +553,42 @@ def run_benchmark(workdir):
                                                   jax.random.key(0))[0])
   log(f'benchmark: W1 round (10 clients x 200 examples, batch 20, CNN with '
       f'{num_params} params)...')
-  w1 = _time(round_fn, state, cohort)
-  log(f'  W1 round: {w1:.3f} s')
+  _, w1, w1_cpu = _time(round_fn, state, cohort)
+  log(f'  W1 round: {w1:.3f} s wall, {w1_cpu:.3f} s CPU')
   stacked = jax.tree.map(
       lambda p: jnp.asarray(rng.normal(size=(100,) + p.shape) * 0.01,
                             jnp.float32), params)
   weights = jnp.ones(100)
-  out = {'num_params': int(num_params), 'w1_round_s': w1, 'clients': 100,
-         'aggregators': {}}
+  out = {'num_params': int(num_params), 'w1_round_s': w1,
+         'w1_round_cpu_s': w1_cpu, 'clients': 100, 'aggregators': {},
+         'load_average': os.getloadavg()}
   b = 20
-  for name in AGGREGATORS:
-    if name == 'mean_guarded':
-      continue
-    agg = make_aggregator(name, b)
+  names = [n for n in AGGREGATORS if n != 'mean_guarded']
+  if FLAGS.benchmark_sort:
+    names += ['median@sort', 'trimmed_mean@sort']
+  for name in names:
+    base, _, method = name.partition('@')
+    if method:
+      agg = {'median': aggregators.coordinate_median(method=method),
+             'trimmed_mean': aggregators.trimmed_mean(b, method=method)
+             }[base]
+    else:
+      agg = make_aggregator(name, b)
     state0 = agg.init(params)
     fn = jax.jit(lambda u, s, w, agg=agg: agg.update(u, s, weights=w)[0])
     try:
-      t = _time(fn, stacked, state0, weights)
+      first, t, cpu = _time(fn, stacked, state0, weights,
+                            repeats=1 if method else 3)
     except Exception as e:  # pylint: disable=broad-except
       log(f'  {name}: failed ({type(e).__name__}: {e})')
       continue
-    out['aggregators'][name] = {'seconds': t, 'fraction_of_w1': t / w1}
-    log(f'  {name:>24}: {t:.3f} s = {100 * t / w1:.1f}% of a W1 round')
+    out['aggregators'][name] = {
+        'seconds': t, 'cpu_seconds': cpu, 'compile_and_first_s': first,
+        'fraction_of_w1': t / w1, 'cpu_fraction_of_w1': cpu / w1_cpu}
+    log(f'  {name:>24}: {t:.3f} s = {100 * t / w1:.1f}% of a W1 round '
+        f'(CPU {cpu:.3f} s = {100 * cpu / w1_cpu:.1f}%; compile + first '
+        f'call {first:.1f} s)')
+  out['load_average_after'] = os.getloadavg()
   with open(os.path.join(workdir, 'benchmark.json'), 'w') as f:
     json.dump(out, f, indent=1)
   return out

@@ -103,6 +103,56 @@ def test_alie_default_z_and_byzantine_ids():
     byzantine.create_attack('nope')
 
 
+def deviation(aggregator, updates, byz, w):
+  out, _ = aggregator.update(updates, aggregator.init(None), weights=w)
+  mu = np.asarray(updates['u'])[~np.asarray(byz)].mean(0)
+  return float(np.linalg.norm(np.asarray(out['u']) - mu))
+
+
+def test_optimal_attacks_deviate_at_least_as_much_as_fixed_factors():
+  rng = np.random.default_rng(0)
+  honest = rng.normal(size=(8, 5)) + 1.
+  updates = {'u': jnp.asarray(np.concatenate([honest, np.zeros((2, 5))]),
+                              jnp.float32)}
+  byz = jnp.asarray([False] * 8 + [True] * 2)
+  w = jnp.ones(10)
+  key = jax.random.key(0)
+  factors = (0.5, 1., 1.5, 2., 4., 8.)
+  for aggregator in (aggregators.mean(), aggregators.trimmed_mean(2),
+                     aggregators.coordinate_median(), aggregators.krum(2)):
+    for optimal, fixed in (
+        (byzantine.optimal_alie(aggregator, factors),
+         [byzantine.alie(z) for z in (None,) + factors]),
+        (byzantine.optimal_ipm(aggregator, factors),
+         [byzantine.inner_product_manipulation(e) for e in factors])):
+      best = deviation(aggregator, jax.jit(optimal.corrupt)(
+          updates, byz, w, key), byz, w)
+      for attack in fixed:
+        other = deviation(aggregator, attack.corrupt(updates, byz, w, key),
+                          byz, w)
+        assert best >= other * (1 - 1e-5) - 1e-6, (aggregator, best, other)
+  # Against the mean the deviation grows with z: the largest factor wins.
+  chosen = byzantine.optimal_alie(aggregators.mean(), factors).choose_factor(
+      updates, byz, w, key)
+  assert float(chosen) == 8.
+  with pytest.raises(TypeError):
+    byzantine.create_attack('alie_optimal')  # Needs aggregator=.
+
+
+def test_optimal_attack_reports_its_factor_in_the_round():
+  model, params = toy_model()
+  loss_fn = clients.classification_loss(model)
+  cohorts = [byzantine.mark_cohort(toy_cohort(r), BYZ) for r in range(2)]
+  aggregator = aggregators.trimmed_mean(1)
+  robust = byzantine.robust_algorithm(
+      loss_fn, aggregator, optax.sgd(0.1), mode='dsgd',
+      attack=byzantine.create_attack('alie_optimal', aggregator=aggregator,
+                                     factors=(0.5, 2., 16.)))
+  _, _, history = run_rounds(robust, params, cohorts)
+  for metrics in history:
+    assert float(metrics['attack_factor']) in (0.5, 2., 16.)
+
+
 # ---------------------------------------------------------------------------
 # The round.
 # ---------------------------------------------------------------------------
@@ -210,10 +260,14 @@ def test_experiment_quick_and_bad_flags(tmp_path, data_dir):
                     f'--workdir={workdir}', f'--data_dir={data_dir}')
   assert done.returncode == 0, done.stderr[-2000:]
   lines = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
-  nan_mean = [l for l in lines if l['aggregator'] == 'mean']
-  nan_robust = [l for l in lines if l['aggregator'] == 'nnm_trimmed_mean']
+  nan = [l for l in lines if l['attack'] == 'nan']
+  nan_mean = [l for l in nan if l['aggregator'] == 'mean']
+  nan_robust = [l for l in nan if l['aggregator'] == 'nnm_trimmed_mean']
   assert nan_mean and not any(l['finite'] for l in nan_mean)
   assert all(l['finite'] and l['rejected_updates'] > 0 for l in nan_robust)
+  # The optimal ALIE reports the factor it chose against each rule.
+  optimal = [l for l in lines if l['attack'] == 'alie_optimal']
+  assert optimal and all(l['median_attack_factor'] > 0 for l in optimal)
   for name in ('table.md', 'heatmap.png', 'quadratic.png',
                'quadratic.jsonl'):
     assert (workdir / name).stat().st_size > 0

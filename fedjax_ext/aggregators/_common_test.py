@@ -30,6 +30,10 @@ FACTORIES = {
         lambda: aggregators.centered_clipping(0.5, num_iterations=2), True),
     'nnm_trimmed_mean': (lambda: aggregators.process(
         aggregators.nnm(B), aggregators.trimmed_mean(B)), True),
+    'bulyan': (lambda: aggregators.bulyan(B), True),
+    'arc_nnm_median': (lambda: aggregators.process(
+        aggregators.arc(B), aggregators.nnm(B),
+        aggregators.coordinate_median()), True),
     'clip_bucket_nnm_gm': (lambda: aggregators.chain(
         aggregators.norm_clipping(2.0),
         aggregators.bucketing(2, key=jax.random.key(0)),

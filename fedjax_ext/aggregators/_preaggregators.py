@@ -27,7 +27,6 @@ import jax.numpy as jnp
 from fedjax_ext.aggregators import _robust
 from fedjax_ext.core import Aggregator, PyTree
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class PreAggregator(NamedTuple):
@@ -77,19 +76,26 @@ def nnm(num_byzantine: int) -> PreAggregator:
     dist = jnp.where(jnp.eye(dist.shape[0], dtype=bool), -1., dist)
     nearest = (_robust.ranks(dist) < m) & present[None, :]
     mixing = jnp.where(present[:, None] & nearest, 1., 0.) / m
-    cleaned = _robust.clean_rows(client_updates, present)
-
-    def mix(leaf):
-      flat = leaf.reshape(leaf.shape[0], -1)
-      dtype = _robust.compute_dtype(leaf.dtype)
-      out = jnp.matmul(mixing.astype(dtype), flat.astype(dtype),
-                       precision=_HIGHEST)
-      return out.reshape(leaf.shape).astype(leaf.dtype)
-
+    mixed = _robust.mix_rows(mixing, client_updates,
+                             _robust.finite_rows(client_updates))
     new_weights = jnp.where(present, weights, 0.).astype(jnp.float32)
-    return (jax.tree.map(mix, cleaned), new_weights), state
+    return (_robust.cast_like(mixed, client_updates),
+            new_weights), state
 
   return PreAggregator(_empty, update_fn)
+
+
+def _scale_rows(stacked: PyTree, scale: jax.Array,
+                present: jax.Array) -> PyTree:
+  """Row i times ``scale[i]``; absent rows become zeros (one pass)."""
+
+  def apply(leaf):
+    shape = (-1,) + (1,) * (leaf.ndim - 1)
+    dtype = _robust.compute_dtype(leaf.dtype)
+    out = leaf.astype(dtype) * scale.reshape(shape).astype(dtype)
+    return jnp.where(present.reshape(shape), out, 0.).astype(leaf.dtype)
+
+  return jax.tree.map(apply, stacked)
 
 
 def norm_clipping(max_norm: float) -> PreAggregator:
@@ -111,17 +117,62 @@ def norm_clipping(max_norm: float) -> PreAggregator:
   def update_fn(client_updates, state, params=None, *, weights, **extra):
     del params, extra
     present = _robust.present_clients(client_updates, weights)
-    cleaned = _robust.clean_rows(client_updates, present)
-    norms = jnp.sqrt(_robust.client_sq_norms(cleaned))
+    norms = jnp.sqrt(jnp.where(present,
+                               _robust.client_sq_norms(client_updates), 0.))
     scale = jnp.minimum(1., max_norm / jnp.where(norms > 0, norms, 1.))
-
-    def clip(leaf):
-      s = scale.reshape((-1,) + (1,) * (leaf.ndim - 1))
-      dtype = _robust.compute_dtype(leaf.dtype)
-      return (leaf.astype(dtype) * s).astype(leaf.dtype)
-
     new_weights = jnp.where(present, weights, 0.).astype(jnp.float32)
-    return (jax.tree.map(clip, cleaned), new_weights), state
+    return (_scale_rows(client_updates, scale, present),
+            new_weights), state
+
+  return PreAggregator(_empty, update_fn)
+
+
+def arc(num_byzantine: int) -> PreAggregator:
+  r"""Adaptive robust clipping (ARC).
+
+  With ``k`` present clients, the
+  :math:`m = \lfloor 2 b (k - b) / k \rfloor` updates of largest norm are
+  clipped to the norm of the largest remaining one:
+
+  .. math:: x_i \leftarrow x_i \min\Big(1, \frac{\|x_{(k - m)}\|}
+     {\|x_i\|}\Big),
+
+  where :math:`\|x_{(1)}\| \le \dots \le \|x_{(k)}\|` are the present
+  clients' norms (no clipping when :math:`m \le 0`). The threshold adapts
+  to the round, unlike `norm_clipping`; Allouah et al. show that ARC keeps
+  any :math:`(b, \kappa)`-robust rule :math:`(b, \kappa')`-robust with
+  :math:`\kappa' = O(\kappa)` and improves robustness under attack when the
+  honest updates have small norms.
+
+  References:
+    Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "The Vital Role of
+    Gradient Clipping in Byzantine-Resilient Distributed Learning", 2024,
+    https://arxiv.org/abs/2405.14432 (as ByzFL's ``ARC``).
+
+  Args:
+    num_byzantine: ``b``.
+
+  Returns:
+    A stateless `PreAggregator`; rejected clients become zero rows of
+    weight 0.
+  """
+  _robust.check_num_byzantine(num_byzantine)
+
+  def update_fn(client_updates, state, params=None, *, weights, **extra):
+    del params, extra
+    present = _robust.present_clients(client_updates, weights)
+    k = jnp.sum(present)
+    norms = jnp.sqrt(jnp.where(present,
+                               _robust.client_sq_norms(client_updates), 0.))
+    clipped = jnp.clip(2 * num_byzantine * (k - num_byzantine)
+                       // jnp.maximum(k, 1), 0, jnp.maximum(k - 1, 0))
+    ascending = jnp.sort(jnp.where(present, norms, jnp.inf))
+    threshold = ascending[jnp.maximum(k - clipped - 1, 0)]
+    scale = jnp.where(norms > threshold,
+                      threshold / jnp.where(norms > 0, norms, 1.), 1.)
+    new_weights = jnp.where(present, weights, 0.).astype(jnp.float32)
+    return (_scale_rows(client_updates, scale, present),
+            new_weights), state
 
   return PreAggregator(_empty, update_fn)
 
@@ -189,29 +240,38 @@ def bucketing(bucket_size: int, *, key: jax.Array) -> PreAggregator:
       use_key, next_key = jax.random.split(state.rng_key)
       new_state = BucketingState(rng_key=next_key)
     present = _robust.present_clients(client_updates, weights)
-    cleaned = _robust.clean_rows(client_updates, present)
     num = present.shape[0]
     num_buckets = -(-num // bucket_size)
-    pad = num_buckets * bucket_size - num
-    hashes = _content_hash(cleaned)
+    # An absent client hashes like a zero row (hash 0), whatever it sent.
+    hashes = jnp.where(present, _content_hash(client_updates), 0)
     priority = jax.vmap(
         lambda h: jax.random.bits(jax.random.fold_in(use_key, h)))(hashes)
     order = jnp.argsort(priority, stable=True)
-    member = jnp.concatenate([present[order], jnp.zeros(pad, bool)])
-    member = member.reshape(num_buckets, bucket_size).astype(jnp.float32)
-    count = jnp.sum(member, axis=1)
-    avg = member / jnp.maximum(count, 1.)[:, None]
+    # Bucket i holds the clients at positions i*s .. i*s + s - 1 of the
+    # random order; its mean is a sum of s gathered rows fused into one
+    # pass that writes only the [C / s, d] means (no [C, d] copy).
+    padded = jnp.concatenate([order, jnp.zeros(
+        num_buckets * bucket_size - num, order.dtype)])
+    slot_present = jnp.concatenate([present[order], jnp.zeros(
+        num_buckets * bucket_size - num, bool)]).reshape(num_buckets,
+                                                         bucket_size)
+    members = padded.reshape(num_buckets, bucket_size)
+    count = jnp.sum(slot_present, axis=1).astype(jnp.float32)
+    inverse = 1. / jnp.maximum(count, 1.)
 
     def bucket(leaf):
       dtype = _robust.compute_dtype(leaf.dtype)
-      flat = leaf[order].reshape(num, -1).astype(dtype)
-      flat = jnp.concatenate([flat, jnp.zeros((pad, flat.shape[1]), dtype)])
-      flat = flat.reshape(num_buckets, bucket_size, -1)
-      out = jnp.einsum('bs,bsd->bd', avg.astype(dtype), flat,
-                       precision=_HIGHEST)
-      return out.reshape((num_buckets,) + leaf.shape[1:]).astype(leaf.dtype)
+      flat = leaf.reshape(num, -1)  # [C, d]: fast on XLA:CPU.
+      total = jnp.zeros((num_buckets, flat.shape[1]), dtype)
+      for j in range(bucket_size):
+        total = total + jnp.where(slot_present[:, j, None],
+                                  flat[members[:, j]].astype(dtype), 0.)
+      total = total * inverse[:, None].astype(dtype)
+      return total.reshape((num_buckets,) + leaf.shape[1:]).astype(
+          leaf.dtype)
 
-    return (jax.tree.map(bucket, cleaned), count), new_state
+    return (jax.tree.map(bucket, client_updates),
+            count), new_state
 
   return PreAggregator(init_fn, update_fn)
 

@@ -69,6 +69,41 @@ def np_clip(x, tau):
   return x * np.minimum(1., tau / norms)
 
 
+def np_arc(x, b):
+  n = len(x)
+  norms = np.linalg.norm(x, axis=1)
+  clipped = int(2 * b * (n - b) // n)
+  threshold = np.sort(norms)[n - clipped - 1]
+  return x * np.minimum(1., threshold / norms)[:, None]
+
+
+def np_bulyan(x, b):
+  """El Mhamdi et al. 2018, written out: iterated Krum, then per
+  coordinate the mean of the beta values closest to the median (the
+  lowest window on ties)."""
+  n = len(x)
+  d = np_sq_dists(x)
+  theta = max(n - 2 * b, 1)
+  remaining, selected = list(range(n)), []
+  for _ in range(theta):
+    m = max(len(remaining) - b - 2, 1)
+    scores = [np.sort([d[i, j] for j in remaining if j != i])[:m].sum()
+              for i in remaining]
+    best = min(range(len(remaining)), key=lambda i: (
+        scores[i], np.sum(x[remaining[i]] ** 2)))
+    selected.append(remaining.pop(best))
+  beta = max(theta - 2 * b, 1)
+  xs = np.sort(x[selected], axis=0)
+  med = np.median(xs, axis=0)
+  out = np.zeros(x.shape[1])
+  for j in range(x.shape[1]):
+    costs = [max(med[j] - xs[w, j], xs[w + beta - 1, j] - med[j])
+             for w in range(theta - beta + 1)]
+    w = int(np.argmin(costs))
+    out[j] = xs[w:w + beta, j].mean()
+  return out
+
+
 def as_tree(x):
   """[n, d] -> a two-leaf pytree (tests the leaf-wise flattening)."""
   x = jnp.asarray(x, jnp.float32)
@@ -153,6 +188,23 @@ class NumpyReferenceTest(parameterized.TestCase):
                     for i in range(9)])
     np.testing.assert_allclose(got, np_nnm(x, b), rtol=1e-5, atol=1e-6)
 
+  @parameterized.parameters((11, 2), (9, 2), (15, 3), (7, 1), (5, 2))
+  def test_bulyan(self, n, b):
+    x = self.sample(n)
+    x[:b] += 4.  # Attack-like outliers, so Krum's picks are not ties.
+    out, _ = run(aggregators.bulyan(b), x)
+    np.testing.assert_allclose(out, np_bulyan(x, b), rtol=1e-5, atol=1e-6)
+
+  @parameterized.parameters(1, 2, 4)
+  def test_arc(self, b):
+    x = self.sample(10)
+    (clipped, w), _ = jax.jit(aggregators.arc(b).update)(
+        as_tree(x), (), weights=jnp.ones(10))
+    got = np.stack([from_tree(jax.tree.map(lambda l, i=i: l[i], clipped))
+                    for i in range(10)])
+    np.testing.assert_allclose(got, np_arc(x, b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(w, np.ones(10))
+
   def test_norm_clipping(self):
     x = self.sample(6)
     (clipped, _), _ = jax.jit(aggregators.norm_clipping(1.5).update)(
@@ -189,6 +241,16 @@ class NumpyReferenceTest(parameterized.TestCase):
     out, _ = run(aggregators.krum(1), x, weights)
     np.testing.assert_allclose(out, np_multi_krum(x[keep], 1, 1), rtol=1e-5,
                                atol=1e-6)
+    out, _ = run(aggregators.bulyan(1), x, weights)
+    np.testing.assert_allclose(out, np_bulyan(x[keep], 1), rtol=1e-5,
+                               atol=1e-6)
+    (clipped, _), _ = jax.jit(aggregators.arc(2).update)(
+        as_tree(x), (), weights=weights)
+    got = np.stack([from_tree(jax.tree.map(lambda l, i=i: l[i], clipped))
+                    for i in range(9)])
+    np.testing.assert_allclose(got[keep], np_arc(x[keep], 2), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(got[~keep], 0.)
 
 
 # ---------------------------------------------------------------------------

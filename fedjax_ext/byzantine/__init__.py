@@ -18,6 +18,9 @@ from fedjax_ext.byzantine._attacks import label_flip
 from fedjax_ext.byzantine._attacks import mimic
 from fedjax_ext.byzantine._attacks import no_attack
 from fedjax_ext.byzantine._attacks import non_finite
+from fedjax_ext.byzantine._attacks import OPTIMAL_FACTORS
+from fedjax_ext.byzantine._attacks import optimal_alie
+from fedjax_ext.byzantine._attacks import optimal_ipm
 from fedjax_ext.byzantine._attacks import sign_flip
 from fedjax_ext.byzantine._clients import BYZANTINE
 from fedjax_ext.byzantine._clients import byzantine_client

@@ -61,13 +61,27 @@ def mark_cohort(cohort: core.Cohort, ids: np.ndarray) -> core.Cohort:
 
 
 def attack_outputs(attack: _attacks.Attack):
-  """``transform_outputs`` that applies `attack` to the Byzantine rows."""
+  """``transform_outputs`` that applies `attack` to the Byzantine rows.
+
+  Optimised attacks (`Attack.choose_factor`) also report the factor they
+  chose as the client metric ``'attack_factor'`` (the round metric is then
+  that factor).
+  """
 
   def transform(outputs: core.ClientOutput,
                 key: core.PRNGKey) -> core.ClientOutput:
     byzantine = outputs.metrics[_clients.BYZANTINE] > 0
-    update = attack.corrupt(outputs.update, byzantine, outputs.weight, key)
-    return outputs._replace(update=update)
+    if attack.choose_factor is None:
+      update = attack.corrupt(outputs.update, byzantine, outputs.weight, key)
+      return outputs._replace(update=update)
+    factor = attack.choose_factor(outputs.update, byzantine, outputs.weight,
+                                  key)
+    update = attack.corrupt_with(outputs.update, byzantine, outputs.weight,
+                                 factor)
+    # Reported per client so that the round's weighted mean is the factor.
+    metrics = dict(outputs.metrics)
+    metrics['attack_factor'] = jnp.broadcast_to(factor, byzantine.shape)
+    return outputs._replace(update=update, metrics=metrics)
 
   return transform
 

@@ -27,7 +27,13 @@ method spec (`byzantine_split_moe_satellite.md`, section 1.6, all [B]):
 * mimic (Karimireddy, He, Jaggi, ICLR 2022,
   https://arxiv.org/abs/2006.09365): a copy of one honest client's update;
 * Gaussian: :math:`\mathcal N(\mu, s^2 I)` noise;
-* non-finite: NaN or Inf in every coordinate.
+* non-finite: NaN or Inf in every coordinate;
+* optimal ALIE / IPM (`optimal_alie`, `optimal_ipm`): the factor (ALIE's
+  :math:`z`, IPM's :math:`\epsilon`) that maximises the deviation
+  :math:`\|F(x) - \bar x_H\|` of the aggregator :math:`F` in use from the
+  honest mean, searched over a grid in every round (ByzFL's
+  ``LineMaximize``-optimised attacks; Allouah et al., "Fixing by Mixing",
+  AISTATS 2023, https://arxiv.org/abs/2302.01772, evaluate against them).
 """
 
 from typing import Callable, NamedTuple
@@ -37,7 +43,7 @@ import jax.numpy as jnp
 import jax.scipy.special
 
 from fedjax_ext.aggregators import present_clients
-from fedjax_ext.core import PRNGKey, PyTree, Updates
+from fedjax_ext.core import Aggregator, PRNGKey, PyTree, Updates
 
 # corrupt(updates [C, ...], byzantine bool [C], weights [C], key) -> updates.
 CorruptFn = Callable[[Updates, jax.Array, jax.Array, PRNGKey], Updates]
@@ -47,6 +53,12 @@ class Attack(NamedTuple):
   """A Byzantine attack (module docstring)."""
   corrupt: CorruptFn  # Rewrites the Byzantine rows of the stacked updates.
   flips_labels: bool = False  # Byzantine clients train on flipped labels.
+  # Optimised attacks only: ``choose_factor(updates, byzantine, weights,
+  # key) -> factor`` and ``corrupt_with(updates, byzantine, weights,
+  # factor) -> updates``; ``corrupt`` is their composition. Split so that a
+  # round can report the factor it used (`byzantine.attack_outputs`).
+  choose_factor: Callable[..., jax.Array] | None = None
+  corrupt_with: Callable[..., Updates] | None = None
 
 
 def _row_mask(byzantine: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -225,17 +237,102 @@ def non_finite(value: str = 'nan') -> Attack:
   return Attack(corrupt)
 
 
+# A sqrt(2)-spaced grid of attack factors, 0.25 .. 32 (15 values).
+OPTIMAL_FACTORS = tuple(float(2. ** (k / 2)) for k in range(-4, 11))
+
+
+def _optimal(vector_fn: Callable[[PyTree, PyTree, jax.Array], PyTree],
+             aggregator: Aggregator, factors) -> Attack:
+  """The attack ``vector_fn(mu_H, sigma_H, factor)`` with the factor of
+  ``factors`` that maximises ``||F(x) - mu_H||`` (first on ties)."""
+  factors = tuple(float(f) for f in factors)
+  if not factors:
+    raise ValueError('An optimal attack needs at least one factor.')
+
+  def corrupt_with(updates, byzantine, weights, factor):
+    mu, std = honest_mean_std(updates, _honest(updates, byzantine, weights))
+    return _replace(updates, byzantine, vector_fn(mu, std, factor))
+
+  def choose_factor(updates, byzantine, weights, key):
+    del key
+    mu, std = honest_mean_std(updates, _honest(updates, byzantine, weights))
+    template = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape[1:],
+                                                   leaf.dtype), updates)
+    # The attacker simulates F from its initial state (stateless rules:
+    # exactly F; centered clipping: centred at 0, not at the server's last
+    # aggregate, which transform_outputs does not see).
+    state = aggregator.init(template)
+
+    def deviation(factor):
+      attacked = _replace(updates, byzantine, vector_fn(mu, std, factor))
+      out, _ = aggregator.update(attacked, state, weights=weights)
+      sq = sum(jnp.sum(jnp.square(o.astype(jnp.float32) - m))
+               for o, m in zip(jax.tree.leaves(out), jax.tree.leaves(mu)))
+      return jnp.where(jnp.isnan(sq), -jnp.inf, sq)
+
+    grid = jnp.asarray(factors, jnp.float32)
+    return grid[jnp.argmax(jax.lax.map(deviation, grid))]
+
+  def corrupt(updates, byzantine, weights, key):
+    factor = choose_factor(updates, byzantine, weights, key)
+    return corrupt_with(updates, byzantine, weights, factor)
+
+  return Attack(corrupt, choose_factor=choose_factor,
+                corrupt_with=corrupt_with)
+
+
+def optimal_alie(aggregator: Aggregator,
+                 factors=OPTIMAL_FACTORS) -> Attack:
+  r"""ALIE with the :math:`z` that hurts the aggregator in use most.
+
+  Each round, for every :math:`z` of ``factors``, the attacker (omniscient:
+  it sees the honest updates and knows :math:`F`) evaluates
+  :math:`\|F(x^{(z)}) - \mu_H\|` where :math:`x^{(z)}` has the Byzantine
+  rows at :math:`\mu_H + z \sigma_H`, and sends the maximiser. This is
+  the static-grid, jit-compatible version of ByzFL's line-maximised ALIE
+  (its ``LineMaximize`` explores :math:`z \ge 0` adaptively in 16 steps);
+  the grid (default `OPTIMAL_FACTORS`: 0.25 to 32, ratio :math:`\sqrt 2`)
+  is a configurable choice, and it costs one extra aggregation per grid
+  point per round.
+
+  Args:
+    aggregator: the rule the attacker targets (simulated from its
+      ``init`` state).
+    factors: the candidate :math:`z` values.
+
+  Returns:
+    An omniscient `Attack` that can report the chosen :math:`z`.
+  """
+  return _optimal(lambda mu, std, z: jax.tree.map(
+      lambda m, s: m + z * s, mu, std), aggregator, factors)
+
+
+def optimal_ipm(aggregator: Aggregator,
+                factors=OPTIMAL_FACTORS) -> Attack:
+  r"""IPM with the :math:`\epsilon` that hurts the aggregator most.
+
+  As `optimal_alie`, over :math:`-\epsilon \mu_H` for :math:`\epsilon` in
+  ``factors`` (ByzFL's line-maximised fall of empires).
+  """
+  return _optimal(lambda mu, std, eps: jax.tree.map(
+      lambda m: -eps * m, mu), aggregator, factors)
+
+
 ATTACKS = ('none', 'sign_flip', 'alie', 'ipm', 'label_flip', 'mimic',
-           'gaussian', 'nan', 'inf')
+           'gaussian', 'nan', 'inf', 'alie_optimal', 'ipm_optimal')
 
 
 def create_attack(name: str, **kwargs) -> Attack:
-  """An attack by name (`ATTACKS`); kwargs go to its factory."""
+  """An attack by name (`ATTACKS`); kwargs go to its factory.
+
+  The ``*_optimal`` attacks need ``aggregator=`` (the rule they target).
+  """
   factories = {
       'none': no_attack, 'sign_flip': sign_flip, 'alie': alie,
       'ipm': inner_product_manipulation, 'label_flip': label_flip,
       'mimic': mimic, 'gaussian': gaussian,
-      'nan': lambda: non_finite('nan'), 'inf': lambda: non_finite('inf')}
+      'nan': lambda: non_finite('nan'), 'inf': lambda: non_finite('inf'),
+      'alie_optimal': optimal_alie, 'ipm_optimal': optimal_ipm}
   if name not in factories:
     raise ValueError(f'Unknown attack {name!r}; valid choices: '
                      f'{", ".join(ATTACKS)}.')
