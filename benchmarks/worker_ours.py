@@ -86,7 +86,7 @@ def run_ours(spec):
   model = _model(spec)
   x, y, params, key = _setup(spec, model)
   c, s, b = y.shape
-  unroll = spec.get('unroll', 1)
+  unroll = spec.get('unroll', 'auto')
   kwargs = {}
   if spec.get('chunk_size'):
     kwargs['chunk_size'] = spec['chunk_size']
@@ -128,7 +128,7 @@ def run_ours(spec):
               first_round_s=compile_s + timing['first_round_s'],
               resolved_execution=resolved, train_loss=loss,
               finite=_common.is_finite(loss), backend=jax.default_backend(),
-              jax_version=jax.__version__)
+              num_devices=jax.device_count(), jax_version=jax.__version__)
 
 
 def run_limit(spec):
