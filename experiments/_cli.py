@@ -1,8 +1,9 @@
-"""What every experiment script shares: one-line errors, exit status 2, and
-JAX's persistent compilation cache.
+"""What every experiment script shares: one-line errors, exit status 2,
+JAX's persistent compilation cache and the CPU device count.
 
-Every script passes `parse_flags` to ``app.run``; it defines no flag of its
-own except ``--compilation_cache_dir``, which every script thereby accepts.
+Every script passes `parse_flags` to ``app.run``; the two flags defined here,
+``--compilation_cache_dir`` and ``--cpu_devices``, are thereby accepted by
+every script.
 """
 
 import os
@@ -20,6 +21,13 @@ flags.DEFINE_string(
     'compiled before (same shapes, model, flags and jaxlib) loads it '
     "instead of compiling again. '' disables it. Default: "
     '$FEDJAX_EXT_COMPILATION_CACHE, else ' + DEFAULT_COMPILATION_CACHE + '.')
+flags.DEFINE_integer(
+    'cpu_devices', 1,
+    'Split the CPU into this many JAX devices (>= 1); with more than one, '
+    "--execution=auto shards the cohort over them ('sharded'), one thread "
+    'pool per device, so a model too small to use several cores in one '
+    'program uses them all. Clients per round must be a multiple of it. '
+    'Ignored when JAX runs on an accelerator.')
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -48,15 +56,27 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_compilation_cache_dir', path)
 
 
+def set_cpu_devices(count: int) -> None:
+  """Makes the CPU backend expose `count` devices (before it starts)."""
+  if count < 1:
+    fail(f'--cpu_devices must be an integer >= 1, got {count}.')
+  if count == 1:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_num_cpu_devices', count)
+
+
 def parse_flags(argv):
   """absl's parser, with parse errors as one line and exit status 2.
 
-  Pass it as ``app.run(main, flags_parser=parse_flags)``. It also turns on
-  the compilation cache of ``--compilation_cache_dir``.
+  Pass it as ``app.run(main, flags_parser=parse_flags)``. It also applies
+  ``--compilation_cache_dir`` and ``--cpu_devices``, before JAX starts a
+  backend.
   """
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e))
   enable_compilation_cache(flags.FLAGS.compilation_cache_dir)
+  set_cpu_devices(flags.FLAGS.cpu_devices)
   return remaining

@@ -100,3 +100,24 @@ def test_empty_compilation_cache_dir_disables_the_cache(tmp_path, data_dir):
                  'HOME': str(tmp_path / 'home')})
   assert result.returncode == 0, result.stderr
   assert not (tmp_path / 'home' / '.cache' / 'fedjax_ext').exists()
+
+
+def test_cpu_devices_shards_the_cohort(tmp_path, data_dir):
+  result = run_cli('--cpu_devices=2', '--rounds=2', '--eval_every=2',
+                   '--num_clients=8', '--clients_per_round=4',
+                   data_dir=data_dir, workdir=str(tmp_path / 'w'))
+  assert result.returncode == 0, result.stderr
+  assert '2 device(s) in 1 process(es)' in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--cpu_devices=0'], '--cpu_devices must be an integer >= 1, got 0'),
+    (['--cpu_devices=3', '--clients_per_round=4'],
+     '--clients_per_round (4) must be a multiple of the 3 devices'),
+])
+def test_cpu_devices_errors(tmp_path, data_dir, flags, message):
+  result = run_cli(*flags, '--num_clients=8', data_dir=data_dir,
+                   workdir=str(tmp_path / 'w'))
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result.stderr
