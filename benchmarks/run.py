@@ -71,7 +71,7 @@ flags.DEFINE_list('w1_variants', ['all:auto'],
                   'steps are ~8x slower on XLA:CPU; such a round costs a '
                   'minute).')
 flags.DEFINE_list('w2_unroll', ['auto'], 'W2 / W3 unrolls of ours.')
-flags.DEFINE_list('cpu_devices', ['2'],
+flags.DEFINE_list('cpu_device_variants', ['2'],
                   'W1 / W2 variants of ours whose cohort is sharded over N '
                   'virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_'
                   'device_count=N, one XLA thread pool per device), to use '
@@ -472,12 +472,12 @@ def main(argv):
   if FLAGS.quick:
     chunks = {'W1': 1, 'W2': 2, 'W3': 4}
   try:
-    cpu_devices = [int(n) for n in FLAGS.cpu_devices]
+    cpu_devices = [int(n) for n in FLAGS.cpu_device_variants]
   except ValueError:
     cpu_devices = [0]
   if any(n < 1 for n in cpu_devices):
-    fail('--cpu_devices must be integers >= 1, got '
-         f'{",".join(FLAGS.cpu_devices)}.')
+    fail('--cpu_device_variants must be integers >= 1, got '
+         f'{",".join(FLAGS.cpu_device_variants)}.')
   pythons = _pythons(FLAGS.venv_root, systems)
   configs = plan(workloads, systems, strategies, unrolls, chunks,
                  w3_strategies=w3_strategies,

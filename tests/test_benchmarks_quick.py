@@ -29,7 +29,7 @@ def test_quick_run_writes_sane_results(tmp_path):
     results = json.load(f)['results']
   systems = [(r['workload'], r['spec']['system']) for r in results]
   # W2's second ours row is the cohort sharded over 2 CPU devices
-  # (--cpu_devices default), run in a subprocess of its own.
+  # (--cpu_device_variants default), run in a subprocess of its own.
   assert systems == [('W2', 'limit'), ('W2', 'ours'), ('W2', 'ours'),
                      ('W3', 'limit'), ('W3', 'ours')]
   assert [r['num_devices'] for r in results if 'num_devices' in r] == [
