@@ -63,14 +63,19 @@ flags.DEFINE_list('strategies', [],
 flags.DEFINE_list('w3_strategies', ['auto', 'chunked'],
                   "Our strategies in W3 ('all' = every strategy run in "
                   'W1/W2).')
-flags.DEFINE_list('w1_variants', ['all:true', 'auto:1'],
+flags.DEFINE_list('w1_variants', ['all:auto'],
                   'W1 variants of ours as STRATEGY:UNROLL pairs; STRATEGY '
-                  "'all' means every strategy, UNROLL is 'true' (unroll "
-                  'every local step) or an integer >= 1. The default adds '
-                  "the library's default unroll=1 for 'auto' only: on "
-                  'XLA:CPU the scanned conv steps are ~8x slower and each '
-                  'such round costs a minute.')
-flags.DEFINE_list('w2_unroll', ['1'], 'W2 / W3 unrolls of ours.')
+                  "'all' means every strategy, UNROLL is 'auto' (the "
+                  "library default: every step on CPU for this CNN), 'true' "
+                  '(every local step) or an integer >= 1 (scanned conv '
+                  'steps are ~8x slower on XLA:CPU; such a round costs a '
+                  'minute).')
+flags.DEFINE_list('w2_unroll', ['auto'], 'W2 / W3 unrolls of ours.')
+flags.DEFINE_list('cpu_device_variants', ['2'],
+                  'W1 / W2 variants of ours whose cohort is sharded over N '
+                  'virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_'
+                  'device_count=N, one XLA thread pool per device), to use '
+                  'every core where one program does not; 1 adds nothing.')
 flags.DEFINE_list('w3_clients', ['10', '100', '1000', '10000'],
                   'W3 clients per round.')
 flags.DEFINE_integer('w3_peer_max_clients', 1000,
@@ -115,18 +120,20 @@ FLAGS = flags.FLAGS
 
 
 def _parse_unroll(values, flag):
+  """'true' (every step), 'auto' (the library default) or integers >= 1."""
   out = []
   for v in values:
-    v = v.strip()
-    if v.lower() == 'true':
-      out.append(True)
+    v = v.strip().lower()
+    if v in ('true', 'auto'):
+      out.append(True if v == 'true' else 'auto')
       continue
     try:
       n = int(v)
     except ValueError:
       n = 0
     if n < 1:
-      fail(f"--{flag} unrolls must be 'true' or integers >= 1, got {v!r}.")
+      fail(f"--{flag} unrolls must be 'true', 'auto' or integers >= 1, got "
+           f'{v!r}.')
     out.append(n)
   return out
 
@@ -157,7 +164,7 @@ def _reps(spec, scale):
 
 
 def plan(workloads, systems, strategies, unrolls, chunks, *, w3_strategies,
-         w3_clients, omp_wait_policy='', resolve=None,
+         w3_clients, omp_wait_policy='', resolve=None, cpu_devices=(),
          peer_max, flower_max, quick, scale):
   """The list of configurations (specs) to run, in run order.
 
@@ -223,6 +230,13 @@ def plan(workloads, systems, strategies, unrolls, chunks, *, w3_strategies,
                              (p[0], repr(p[1])) not in aliased]:
       add(workload, label, 'ours', spec, execution=strategy, unroll=unroll,
           chunk_size=min(chunk, clients))
+    if 'ours' in systems and workload != 'W3':
+      for n in cpu_devices:
+        if n > 1 and clients % n == 0:
+          add(workload, label, 'ours', spec, execution='sharded',
+              unroll=unroll_list[0][1] if workload == 'W1' else
+              unroll_list[0], chunk_size=min(chunk, clients // n),
+              cpu_devices=n)
 
   for workload in workloads:  # In the order given.
     if workload == 'W1':
@@ -298,6 +312,11 @@ def run_config(python, spec, timeout_s):
              TF_CPP_MIN_LOG_LEVEL='2')
   if spec.get('omp_wait_policy'):  # Read by libgomp when torch loads.
     env['OMP_WAIT_POLICY'] = spec['omp_wait_policy']
+  if spec.get('cpu_devices', 1) > 1:
+    env['XLA_FLAGS'] = ' '.join([
+        env.get('XLA_FLAGS', ''),
+        f"--xla_force_host_platform_device_count={spec['cpu_devices']}"
+    ]).strip()
   load_before = os.getloadavg()[0]
   t0 = time.perf_counter()
   proc = subprocess.Popen([python, worker, json.dumps(spec)], cwd=ROOT,
@@ -452,10 +471,18 @@ def main(argv):
       fail(f'--{w.lower()}_chunk must be >= 1, got {k}.')
   if FLAGS.quick:
     chunks = {'W1': 1, 'W2': 2, 'W3': 4}
+  try:
+    cpu_devices = [int(n) for n in FLAGS.cpu_device_variants]
+  except ValueError:
+    cpu_devices = [0]
+  if any(n < 1 for n in cpu_devices):
+    fail('--cpu_device_variants must be integers >= 1, got '
+         f'{",".join(FLAGS.cpu_device_variants)}.')
   pythons = _pythons(FLAGS.venv_root, systems)
   configs = plan(workloads, systems, strategies, unrolls, chunks,
                  w3_strategies=w3_strategies,
                  omp_wait_policy=FLAGS.omp_wait_policy, resolve=resolve_auto,
+                 cpu_devices=cpu_devices,
                  w3_clients=w3_clients, peer_max=FLAGS.w3_peer_max_clients,
                  flower_max=FLAGS.w3_flower_max_clients, quick=FLAGS.quick,
                  scale=FLAGS.scale)
@@ -480,7 +507,8 @@ def main(argv):
   for i, (workload, label, spec) in enumerate(configs):
     key = _key(spec)
     if key not in cache:
-      if not FLAGS.subprocess and spec['system'] in ('ours', 'limit'):
+      if (not FLAGS.subprocess and spec['system'] in ('ours', 'limit') and
+          spec.get('cpu_devices', 1) == 1):  # Device counts need a process.
         cache[key] = run_inprocess(spec)
       else:
         cache[key] = run_config(pythons[spec['system']], spec,

@@ -28,8 +28,12 @@ def test_quick_run_writes_sane_results(tmp_path):
   with open(tmp_path / 'results.json') as f:
     results = json.load(f)['results']
   systems = [(r['workload'], r['spec']['system']) for r in results]
-  assert systems == [('W2', 'limit'), ('W2', 'ours'), ('W3', 'limit'),
-                     ('W3', 'ours')]
+  # W2's second ours row is the cohort sharded over 2 CPU devices
+  # (--cpu_device_variants default), run in a subprocess of its own.
+  assert systems == [('W2', 'limit'), ('W2', 'ours'), ('W2', 'ours'),
+                     ('W3', 'limit'), ('W3', 'ours')]
+  assert [r['num_devices'] for r in results if 'num_devices' in r] == [
+      1, 2, 1]
   for r in results:
     assert r['ok'], r
     assert r['finite'], r
@@ -37,13 +41,14 @@ def test_quick_run_writes_sane_results(tmp_path):
     assert min(r['round_times_s']) <= r['median_s'] <= max(
         r['round_times_s'])
     assert r['first_round_s'] > 0 and r['peak_rss_mb'] > 0
-  w3_ours = results[3]
+  w3_ours = results[4]
   assert w3_ours['spec']['execution'] == 'chunked'
   assert w3_ours['spec']['chunk_size'] == 3  # min(quick chunk 4, 3 clients)
   assert w3_ours['spec']['clients'] == 3
   text = out.read_text()
   assert '## Targets (issue 3)' in text
-  assert '| **ours vmap unroll=1** |' in text  # The only ours row is best.
+  assert 'ours vmap unroll=auto' in text  # The library default unroll.
+  assert 'ours sharded unroll=auto chunk=2 over 2 CPU devices' in text
   assert '### W3 logistic C=3' in text
   assert '1.00x' in text
   with open(tmp_path / 'benchmarks.png', 'rb') as f:
@@ -103,3 +108,17 @@ def test_plan_dedupes_and_caps_peers():
   w2 = {bench._key(s) for s in by['W2', 'logistic']}
   shared = [s['system'] for s in small if bench._key(s) in w2]
   assert sorted(shared) == ['fedjax', 'flower', 'limit', 'torch']
+
+
+def test_plan_adds_multi_cpu_device_variants():
+  unrolls = {'W1': [(['auto'], 'auto')], 'W2': ['auto']}
+  chunks = {'W1': 5, 'W2': 25, 'W3': 500}
+  configs = bench.plan(
+      ['W1', 'W2', 'W3'], ['ours'], ['auto'], unrolls, chunks,
+      w3_strategies=['chunked'], w3_clients=[100], peer_max=1, flower_max=1,
+      quick=False, scale=1., cpu_devices=[1, 2, 3])
+  multi = [(w, s['cpu_devices'], s['execution'], s['chunk_size'])
+           for w, _, s in configs if 'cpu_devices' in s]
+  # 1 adds nothing; 3 divides neither 10 (W1) nor 100 (W2); W3 has none.
+  assert multi == [('W1', 2, 'sharded', 5), ('W2', 2, 'sharded', 25),
+                   ('W2', 2, 'sharded', 25)]

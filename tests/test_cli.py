@@ -68,3 +68,56 @@ def test_short_run_succeeds_and_reports_progress(tmp_path, data_dir):
   assert 'round 2/2' in result.stdout
   assert 'test_accuracy' in result.stdout
   assert os.path.exists(tmp_path / 'w' / 'metrics.jsonl')
+
+
+def test_compilation_cache_is_written_and_reused(tmp_path, data_dir):
+  """--compilation_cache_dir stores compiled programs; a rerun loads them."""
+  cache = tmp_path / 'xla'
+  flags = ['--num_clients=4', '--clients_per_round=2', '--rounds=2',
+           '--eval_every=2', f'--data_dir={data_dir}',
+           f'--compilation_cache_dir={cache}']
+  # Cache every program, however fast it compiled (JAX's env override).
+  env = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+         'JAX_DEBUG_LOG_MODULES': 'jax._src.compiler'}
+  first = run_module('experiments.train', *flags,
+                     f'--workdir={tmp_path / "a"}', extra_env=env)
+  assert first.returncode == 0, first.stderr
+  entries = set(os.listdir(cache))
+  assert entries
+  second = run_module('experiments.train', *flags,
+                      f'--workdir={tmp_path / "b"}', extra_env=env)
+  assert second.returncode == 0, second.stderr
+  assert 'Persistent compilation cache hit' in second.stderr
+  assert 'Persistent compilation cache hit' not in first.stderr
+
+
+def test_empty_compilation_cache_dir_disables_the_cache(tmp_path, data_dir):
+  result = run_module(
+      'experiments.train', '--num_clients=4', '--clients_per_round=2',
+      '--rounds=1', '--eval_every=1', f'--data_dir={data_dir}',
+      f'--workdir={tmp_path / "w"}', '--compilation_cache_dir=',
+      extra_env={'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+                 'HOME': str(tmp_path / 'home')})
+  assert result.returncode == 0, result.stderr
+  assert not (tmp_path / 'home' / '.cache' / 'fedjax_ext').exists()
+
+
+def test_cpu_devices_shards_the_cohort(tmp_path, data_dir):
+  result = run_cli('--cpu_devices=2', '--rounds=2', '--eval_every=2',
+                   '--num_clients=8', '--clients_per_round=4',
+                   data_dir=data_dir, workdir=str(tmp_path / 'w'))
+  assert result.returncode == 0, result.stderr
+  assert '2 device(s) in 1 process(es)' in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--cpu_devices=0'], '--cpu_devices must be an integer >= 1, got 0'),
+    (['--cpu_devices=3', '--clients_per_round=4'],
+     '--clients_per_round (4) must be a multiple of the 3 devices'),
+])
+def test_cpu_devices_errors(tmp_path, data_dir, flags, message):
+  result = run_cli(*flags, '--num_clients=8', data_dir=data_dir,
+                   workdir=str(tmp_path / 'w'))
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result.stderr

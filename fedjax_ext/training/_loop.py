@@ -198,6 +198,13 @@ def run_experiment(config: ExperimentConfig, *,
     raise ConfigError(f'--clients_per_round ({config.clients_per_round}) '
                       f'must be a multiple of the {groups} sampling groups '
                       '(--sampling_groups, default: the process count).')
+  devices = jax.device_count()
+  if (core.resolve_strategy(config.execution, num_devices=devices) ==
+      'sharded' and config.clients_per_round % devices):
+    raise ConfigError(f'--clients_per_round ({config.clients_per_round}) '
+                      f'must be a multiple of the {devices} devices the '
+                      f'cohort is sharded over (--execution='
+                      f'{config.execution}).')
   own_clients = _distributed.keep_own_clients(federation.client_indices)
   model, params, algorithm = build_model_and_algorithm(config, federation)
   local_epochs = None if config.local_steps else config.local_epochs
