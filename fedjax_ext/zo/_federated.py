@@ -115,6 +115,17 @@ def _initial_sampler(optimizer, params, carry_sampler):
   return _estimators.sampler_state(optimizer.init(params))
 
 
+def _aggregator_init(inner, optimizer, carry_sampler):
+  """``init(params) -> ZOAggregatorState`` of the ZO aggregators."""
+
+  def init_fn(params):
+    return ZOAggregatorState(
+        inner=inner.init(params),
+        sampler=_initial_sampler(optimizer, params, carry_sampler))
+
+  return init_fn
+
+
 def _carry(samplers, weights):
   """The server's next sampler: the fenced weighted mean of the cohort's.
 
@@ -350,11 +361,7 @@ def seed_replay(optimizer: optax.GradientTransformationExtraArgs,
     `ZOAggregatorState`.
   """
   inner = inner or aggregators.weighted_mean()
-
-  def init_fn(params):
-    return ZOAggregatorState(
-        inner=inner.init(params),
-        sampler=_initial_sampler(optimizer, params, carry_sampler))
+  init_fn = _aggregator_init(inner, optimizer, carry_sampler)
 
   def update_fn(client_uploads, state, params=None, *, weights, **extra_args):
     if params is None:
@@ -395,11 +402,7 @@ def delta_aggregator(optimizer: optax.GradientTransformationExtraArgs,
     An `core.Aggregator` with a `ZOAggregatorState`.
   """
   inner = inner or aggregators.weighted_mean()
-
-  def init_fn(params):
-    return ZOAggregatorState(
-        inner=inner.init(params),
-        sampler=_initial_sampler(optimizer, params, carry_sampler))
+  init_fn = _aggregator_init(inner, optimizer, carry_sampler)
 
   def update_fn(client_uploads, state, params=None, *, weights, **extra_args):
     deltas, samplers = client_uploads, None
