@@ -131,6 +131,16 @@ def network_rows(rows: list[jax.Array], outputs: tuple[int, ...]) -> Rows:
   return {r: rows[r] for r in outputs}
 
 
+def centred_low_pad(num_clients, num_present):
+  """``(C - k) // 2``: the absent clients `padding` sorts below the present.
+
+  Centring the ``k`` present values keeps the rows a rule reads near the
+  middle for every ``k`` (the module docstring). Works on Python ints (to
+  list the rows each possible ``k`` needs) and on traced ``k``.
+  """
+  return (num_clients - num_present) // 2
+
+
 def padding(present: jax.Array, low_pad: jax.Array) -> jax.Array:
   r"""[C] value of each absent client: :math:`-\infty` for the first
   ``low_pad`` of them, :math:`+\infty` for the rest (unused if present)."""

@@ -281,10 +281,11 @@ def coordinate_median(*, method: str = 'auto') -> Aggregator:
     k = jnp.sum(present)
     # Absent clients split around the present ones: rows lo, hi are the
     # middle ones of the present values, near n / 2 for every k.
-    low_pad = (n - k) // 2
+    low_pad = _order.centred_low_pad(n, k)
     lo, hi = low_pad + jnp.maximum(k - 1, 0) // 2, low_pad + k // 2
     outputs = _order.needed_rows(
-        n, lambda c: ((n - c) // 2 + (c - 1) // 2, (n - c) // 2 + c // 2))
+        n, lambda c: (_order.centred_low_pad(n, c) + (c - 1) // 2,
+                      _order.centred_low_pad(n, c) + c // 2))
 
     def combine(rows):
       mid = (0.5 * _order.select_row(rows, lo)
@@ -331,12 +332,13 @@ def trimmed_mean(num_byzantine: int, *, method: str = 'auto') -> Aggregator:
     k = jnp.sum(present)
     trim = _trim(num_byzantine, k)
     kept = jnp.maximum(k - 2 * trim, 1).astype(jnp.float32)
-    low_pad = (n - k) // 2
+    low_pad = _order.centred_low_pad(n, k)
     lo, hi = low_pad + trim, low_pad + k - trim  # Kept sorted rows.
 
     def rows_for(c):
       t = min(num_byzantine, (c - 1) // 2)
-      return range((n - c) // 2 + t, (n - c) // 2 + c - t)
+      pad = _order.centred_low_pad(n, c)
+      return range(pad + t, pad + c - t)
 
     outputs = _order.needed_rows(n, rows_for)
 
