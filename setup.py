@@ -22,6 +22,8 @@ setuptools.setup(
         'numpy',
         'scikit-learn',  # The bundled 8x8 digits behind the `digits` dataset.
         'matplotlib',  # PNG plots of metrics.
+        'tensorboardX',  # TensorBoard event files without TensorFlow.
+        'ml_collections',  # --config files of experiments.train.
     ],
     extras_require={'test': ['pytest>=8', 'pytest-xdist']},
 )

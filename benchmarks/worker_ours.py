@@ -86,14 +86,12 @@ def run_ours(spec):
   model = _model(spec)
   x, y, params, key = _setup(spec, model)
   c, s, b = y.shape
-  unroll = spec.get('unroll', 'auto')
-  kwargs = {}
-  if spec.get('chunk_size'):
-    kwargs['chunk_size'] = spec['chunk_size']
+  execution = core.Execution(strategy=spec['execution'],
+                             chunk_size=spec.get('chunk_size') or None,
+                             unroll=spec.get('unroll', 'auto'))
   algorithm = algorithms.fed_avg(
       clients.classification_loss(model), optax.sgd(spec['lr']),
-      optax.sgd(spec.get('server_lr', 1.)), execution=spec['execution'],
-      unroll=unroll, **kwargs)
+      optax.sgd(spec.get('server_lr', 1.)), execution=execution)
   state = algorithm.init(params)
   store = core.tree_broadcast(algorithm.init_client_state(params), c)
   # Host-made constants: a device_put each, no compilation.

@@ -22,11 +22,12 @@ import dataclasses
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 from experiments._cli import fail
 from experiments._cli import parse_flags
 from fedjax_ext import algorithms
-from fedjax_ext import clients
+from fedjax_ext import byzantine
 from fedjax_ext import core
 from fedjax_ext import data
 from fedjax_ext import models
@@ -83,9 +84,47 @@ flags.DEFINE_float('server_momentum', _D.server_momentum,
                    'Server momentum of fedavgm, in [0, 1).')
 flags.DEFINE_float('prox_mu', _D.prox_mu, 'Proximal mu of fedprox (>= 0).')
 flags.DEFINE_string('weighting', _D.weighting,
-                    f'Client weights: {_names(clients.WEIGHTINGS)}.')
+                    f'Client aggregation weights: {_names(core.WEIGHTINGS)} '
+                    '(num_examples: dataset size n_k, as McMahan et al. '
+                    'and FedJAX).')
 flags.DEFINE_string('execution', _D.execution,
                     f'How clients run: {_names(core.STRATEGIES)}.')
+# Composition: any transform of the library, by flag.
+flags.DEFINE_string('aggregator', _D.aggregator,
+                    f'Aggregation rule: {_names(training.AGGREGATORS)}.')
+flags.DEFINE_float('cc_radius', _D.cc_radius,
+                   'Radius of --aggregator=centered_clipping (> 0).')
+flags.DEFINE_float('byzantine_fraction', _D.byzantine_fraction,
+                   'Fraction of the clients that are Byzantine, in [0, 0.5); '
+                   'robust rules are set for floor(fraction * '
+                   'clients_per_round) of them.')
+flags.DEFINE_string('attack', _D.attack,
+                    f'What Byzantine clients do: {_names(byzantine.ATTACKS)}.')
+flags.DEFINE_float('alie_z', _D.alie_z,
+                   'ALIE z (> 0); unset: z_max of Baruch et al.')
+flags.DEFINE_float('ipm_epsilon', _D.ipm_epsilon, 'IPM epsilon (> 0).')
+flags.DEFINE_float('gaussian_scale', _D.gaussian_scale,
+                   'Std of the gaussian attack (> 0).')
+flags.DEFINE_float('worker_momentum', _D.worker_momentum,
+                   'Worker momentum beta in [0, 1); 0: none.')
+flags.DEFINE_string('client_optimizer', _D.client_optimizer,
+                    f'Client optimizer: {_names(training.CLIENT_OPTIMIZERS)} '
+                    '(all but sgd are zeroth-order, at --client_lr).')
+flags.DEFINE_string('zo_upload', _D.zo_upload,
+                    'What ZO clients upload: delta or seeds.')
+flags.DEFINE_float('zo_budget', _D.zo_budget,
+                   'Fraction of blocks sparse ZO perturbs, in (0, 1].')
+flags.DEFINE_list('isr_points', list(_D.isr_points),
+                  'OmniISR: model submodules that get auxiliary heads '
+                  '(e.g. hidden_0 of the MLP, conv1 of the CNN); empty: no '
+                  'ISR.')
+flags.DEFINE_float('isr_mi_weight', _D.isr_mi_weight,
+                   'OmniISR MI (auxiliary CE) weight lambda (>= 0).')
+flags.DEFINE_float('isr_ne_weight', _D.isr_ne_weight,
+                   'OmniISR negative-entropy weight mu (>= 0).')
+flags.DEFINE_bool('drift_metrics', _D.drift_metrics,
+                  'Log client drift, gradient dissimilarity and the drift '
+                  'bound every round.')
 flags.DEFINE_integer('sampling_groups', _D.sampling_groups,
                      'Cohorts draw C/G clients from each of G groups '
                      '(client_id % G); 0: one group per process.')
@@ -110,6 +149,12 @@ flags.DEFINE_integer('process_id', 0, 'This process, in [0, num_processes).')
 flags.DEFINE_bool('auto_distributed', False,
                   'Join a jax.distributed job whose processes JAX detects '
                   'itself (TPU pod slices, SLURM).')
+
+config_flags.DEFINE_config_file(
+    'config', None,
+    'An ml_collections config file (a .py whose get_config() returns a '
+    'ConfigDict with ExperimentConfig fields); flags given on the command '
+    'line override it, and --config.<field>=value overrides one field.')
 
 FLAGS = flags.FLAGS
 
@@ -136,15 +181,24 @@ def initialize_distributed():
 
 
 def config_from_flags() -> training.ExperimentConfig:
+  """Defaults, then the --config file, then flags given explicitly."""
+  names = [f.name for f in dataclasses.fields(training.ExperimentConfig)]
+  values = {name: FLAGS[name].value for name in names}
+  if FLAGS.config is not None:
+    from_file = FLAGS.config.to_dict()
+    unknown = sorted(set(from_file) - set(names))
+    if unknown:
+      fail(f'--config: unknown fields {", ".join(unknown)}; valid: '
+           f'{", ".join(names)}.')
+    values.update({k: v for k, v in from_file.items()
+                   if not FLAGS[k].present})
   try:
-    hidden = tuple(int(h) for h in FLAGS.hidden_sizes)
-  except ValueError:
+    values['hidden_sizes'] = tuple(int(h) for h in values['hidden_sizes'])
+  except (TypeError, ValueError):
     fail(f'--hidden_sizes must be a list of integers, got '
-         f'{",".join(FLAGS.hidden_sizes)!r}.')
-  values = {name: FLAGS[name].value
-            for name in (f.name for f in dataclasses.fields(
-                training.ExperimentConfig)) if name != 'hidden_sizes'}
-  return training.ExperimentConfig(hidden_sizes=hidden, **values)
+         f'{values["hidden_sizes"]!r}.')
+  values['isr_points'] = tuple(values['isr_points'])
+  return training.ExperimentConfig(**values)
 
 
 def main(argv):

@@ -93,7 +93,7 @@ def test_non_finite_round_stops_and_keeps_last_checkpoint(
   monkeypatch.setattr(_loop.algorithms, 'create_algorithm', poisoned)
   config = small_config(tmp_path, data_dir, rounds=6, checkpoint_every=1)
   with pytest.raises(training.NonFiniteError,
-                     match=r'Round 3: .*round 2\)'):
+                     match=r'Round 3: .*checkpoint is of round 2,'):
     training.run_experiment(config, log=lambda s: None)
   ckpt = training.Checkpointer(os.path.join(config.workdir, 'checkpoints'))
   assert ckpt.latest_round() == 2

@@ -26,7 +26,7 @@ def timeit(name, f, *args, n=30):
 
 cohort = core.Cohort(jnp.arange(C, dtype=jnp.int32), {'x': x, 'y': y, 'mask': jnp.ones((C, S, B))}, jnp.full((C,), S * B, jnp.float32))
 for unroll in [1, 4]:
-  alg = algorithms.fed_avg(clients.classification_loss(model), optax.sgd(0.1), optax.sgd(1.), execution='vmap', unroll=unroll)
+  alg = algorithms.fed_avg(clients.classification_loss(model), optax.sgd(0.1), optax.sgd(1.), execution=core.Execution('vmap', unroll=unroll))
   st = alg.init(params)
   f = jax.jit(alg.apply)
   timeit(f'ours vmap unroll={unroll}', f, st, (), cohort, key)

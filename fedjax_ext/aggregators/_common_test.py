@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_ext import aggregators
+from fedjax_ext import core
 from fedjax_ext._src import test_utils
 
 C = 9  # Clients.
@@ -65,14 +66,25 @@ class ComplianceTest(parameterized.TestCase):
 
     params = one_client(updates)
 
+    server_state = core.ServerState(params=params, opt_state=(),
+                                    aggregator_state=state,
+                                    algorithm_state=(),
+                                    round=jnp.zeros((), jnp.int32))
+
     @jax.jit
     @test_utils.assert_max_traces(n=1)
-    def step(u, s, w):  # Also passes params and an unknown extra argument.
-      return agg.update(u, s, params, weights=w, unused_extra=1.0)
+    def step(u, s, w, key, info):
+      # Also passes params, the round's extra arguments (as
+      # `core.aggregate_outputs` does) and an unknown one.
+      return agg.update(u, s, params, weights=w, key=key,
+                        server_state=server_state, client_info=info,
+                        unused_extra=1.0)
 
     test_utils.clear_trace_counter()
     for r in range(3):
-      out, state = step(make_updates(r), state, weights)
+      out, state = step(make_updates(r), state, weights,
+                        jax.random.key(r),
+                        {'num_examples': weights, 'byzantine': weights > 5})
     test_utils.assert_tree_all_finite(out)
     for leaf, ref in zip(jax.tree.leaves(out), jax.tree.leaves(updates)):
       test_utils.assert_shape(leaf, ref.shape[1:])

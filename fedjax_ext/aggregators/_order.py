@@ -35,7 +35,7 @@ Two prunings keep the network small, both exact:
   depend are kept (a backward pass over the network): e.g. 898 for the two
   middle rows of 100.
 
-**Absent clients** (`_robust.present_clients`) enter the network as
+**Absent clients** (`_presence.present_clients`) enter the network as
 :math:`\pm\infty`, never NaN: the first ``low_pad`` absent clients (by
 position) as :math:`-\infty`, the others as :math:`+\infty`, so that the
 present values occupy sorted rows ``low_pad .. low_pad + k - 1``. Choosing

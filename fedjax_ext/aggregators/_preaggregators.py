@@ -5,7 +5,7 @@ new stacked updates [C', ...] and weights [C'] (NNM and clipping keep C,
 bucketing makes ``ceil(C / s)`` buckets). `process` chains any number of
 them in front of an aggregator into one `core.Aggregator`, e.g.
 ``process(nnm(b), trimmed_mean(b))``. Presence (finite, positive weight)
-follows `_robust.present_clients`: a rejected client stays rejected (weight
+follows `_presence.present_clients`: a rejected client stays rejected (weight
 0, zero row) through every stage.
 
 References:
@@ -24,9 +24,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_ext.aggregators import _robust
+from fedjax_ext.aggregators import _distance
+from fedjax_ext.aggregators import _presence
 from fedjax_ext.core import Aggregator, PyTree
-
 
 
 class PreAggregator(NamedTuple):
@@ -37,11 +37,6 @@ class PreAggregator(NamedTuple):
   """
   init: Callable[[PyTree], PyTree]
   update: Callable[..., tuple[tuple[PyTree, jax.Array], PyTree]]
-
-
-def _empty(params):
-  del params
-  return ()
 
 
 def nnm(num_byzantine: int) -> PreAggregator:
@@ -64,25 +59,26 @@ def nnm(num_byzantine: int) -> PreAggregator:
     A stateless `PreAggregator` keeping C and the weights of present
     clients.
   """
-  _robust.check_num_byzantine(num_byzantine)
+  _presence.check_num_byzantine(num_byzantine)
 
   def update_fn(client_updates, state, params=None, *, weights, **extra):
     del params, extra
-    present = _robust.present_clients(client_updates, weights)
+    _presence.check_cohort_size(num_byzantine, client_updates, 'nnm')
+    present = _presence.present_clients(client_updates, weights)
     k = jnp.sum(present)
     m = jnp.maximum(k - num_byzantine, 1)
-    dist = _robust.pairwise_sq_distances(client_updates, present)
+    dist = _distance.pairwise_sq_distances(client_updates, present)
     # Itself first, whatever the ties at distance 0.
     dist = jnp.where(jnp.eye(dist.shape[0], dtype=bool), -1., dist)
-    nearest = (_robust.ranks(dist) < m) & present[None, :]
+    nearest = (_distance.ranks(dist) < m) & present[None, :]
     mixing = jnp.where(present[:, None] & nearest, 1., 0.) / m
-    mixed = _robust.mix_rows(mixing, client_updates,
-                             _robust.finite_rows(client_updates))
+    mixed = _presence.mix_rows(mixing, client_updates,
+                             _presence.finite_rows(client_updates))
     new_weights = jnp.where(present, weights, 0.).astype(jnp.float32)
-    return (_robust.cast_like(mixed, client_updates),
+    return (_presence.cast_like(mixed, client_updates),
             new_weights), state
 
-  return PreAggregator(_empty, update_fn)
+  return PreAggregator(_presence.empty_state, update_fn)
 
 
 def _scale_rows(stacked: PyTree, scale: jax.Array,
@@ -91,7 +87,7 @@ def _scale_rows(stacked: PyTree, scale: jax.Array,
 
   def apply(leaf):
     shape = (-1,) + (1,) * (leaf.ndim - 1)
-    dtype = _robust.compute_dtype(leaf.dtype)
+    dtype = _presence.compute_dtype(leaf.dtype)
     out = leaf.astype(dtype) * scale.reshape(shape).astype(dtype)
     return jnp.where(present.reshape(shape), out, 0.).astype(leaf.dtype)
 
@@ -111,20 +107,19 @@ def norm_clipping(max_norm: float) -> PreAggregator:
   Returns:
     A stateless `PreAggregator`.
   """
-  if max_norm <= 0:
-    raise ValueError(f'max_norm must be > 0, got {max_norm}.')
+  _presence.check_positive('max_norm', max_norm)
 
   def update_fn(client_updates, state, params=None, *, weights, **extra):
     del params, extra
-    present = _robust.present_clients(client_updates, weights)
+    present = _presence.present_clients(client_updates, weights)
     norms = jnp.sqrt(jnp.where(present,
-                               _robust.client_sq_norms(client_updates), 0.))
+                               _presence.client_sq_norms(client_updates), 0.))
     scale = jnp.minimum(1., max_norm / jnp.where(norms > 0, norms, 1.))
     new_weights = jnp.where(present, weights, 0.).astype(jnp.float32)
     return (_scale_rows(client_updates, scale, present),
             new_weights), state
 
-  return PreAggregator(_empty, update_fn)
+  return PreAggregator(_presence.empty_state, update_fn)
 
 
 def arc(num_byzantine: int) -> PreAggregator:
@@ -156,14 +151,15 @@ def arc(num_byzantine: int) -> PreAggregator:
     A stateless `PreAggregator`; rejected clients become zero rows of
     weight 0.
   """
-  _robust.check_num_byzantine(num_byzantine)
+  _presence.check_num_byzantine(num_byzantine)
 
   def update_fn(client_updates, state, params=None, *, weights, **extra):
     del params, extra
-    present = _robust.present_clients(client_updates, weights)
+    _presence.check_cohort_size(num_byzantine, client_updates, 'arc')
+    present = _presence.present_clients(client_updates, weights)
     k = jnp.sum(present)
     norms = jnp.sqrt(jnp.where(present,
-                               _robust.client_sq_norms(client_updates), 0.))
+                               _presence.client_sq_norms(client_updates), 0.))
     clipped = jnp.clip(2 * num_byzantine * (k - num_byzantine)
                        // jnp.maximum(k, 1), 0, jnp.maximum(k - 1, 0))
     ascending = jnp.sort(jnp.where(present, norms, jnp.inf))
@@ -174,7 +170,7 @@ def arc(num_byzantine: int) -> PreAggregator:
     return (_scale_rows(client_updates, scale, present),
             new_weights), state
 
-  return PreAggregator(_empty, update_fn)
+  return PreAggregator(_presence.empty_state, update_fn)
 
 
 class BucketingState(NamedTuple):
@@ -225,8 +221,9 @@ def bucketing(bucket_size: int, *, key: jax.Array) -> PreAggregator:
   Returns:
     A `PreAggregator` with `BucketingState`.
   """
-  if bucket_size < 1:
-    raise ValueError(f'bucket_size must be >= 1, got {bucket_size}.')
+  if not isinstance(bucket_size, int) or bucket_size < 1:
+    raise ValueError(f'bucket_size must be an int >= 1, got '
+                     f'{bucket_size!r}.')
 
   def init_fn(params):
     del params
@@ -239,7 +236,7 @@ def bucketing(bucket_size: int, *, key: jax.Array) -> PreAggregator:
     else:
       use_key, next_key = jax.random.split(state.rng_key)
       new_state = BucketingState(rng_key=next_key)
-    present = _robust.present_clients(client_updates, weights)
+    present = _presence.present_clients(client_updates, weights)
     num = present.shape[0]
     num_buckets = -(-num // bucket_size)
     # An absent client hashes like a zero row (hash 0), whatever it sent.
@@ -260,7 +257,7 @@ def bucketing(bucket_size: int, *, key: jax.Array) -> PreAggregator:
     inverse = 1. / jnp.maximum(count, 1.)
 
     def bucket(leaf):
-      dtype = _robust.compute_dtype(leaf.dtype)
+      dtype = _presence.compute_dtype(leaf.dtype)
       flat = leaf.reshape(num, -1)  # [C, d]: fast on XLA:CPU.
       total = jnp.zeros((num_buckets, flat.shape[1]), dtype)
       for j in range(bucket_size):
@@ -280,8 +277,10 @@ def process(*stages) -> Aggregator:
   """Chains pre-aggregators and a final aggregator into one `Aggregator`.
 
   ``process(p_1, ..., p_m, F)`` aggregates ``F(p_m(...p_1(x)))``; the state
-  is the tuple of the stages' states. Extra keyword arguments reach every
-  stage.
+  is the tuple of the stages' states. ``params`` and every extra keyword
+  argument (the round's ``key``, ``server_state`` and ``client_info``,
+  `core.aggregate_outputs`) reach every stage unchanged; ``client_info``
+  stays per original client even after a stage (bucketing) changes C.
 
   Args:
     *stages: zero or more `PreAggregator` followed by one `core.Aggregator`.

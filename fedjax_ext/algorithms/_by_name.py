@@ -1,7 +1,5 @@
 """Algorithms by name, for experiment scripts and sweeps."""
 
-from typing import Callable
-
 import optax
 
 from fedjax_ext import clients
@@ -21,17 +19,22 @@ def create_algorithm(name: str, loss_fn: clients.LossFn, *,
                      prox_mu: float = 0.01,
                      server_momentum: float = 0.9,
                      tau: float = 1e-3,
-                     weighting: str = 'examples',
-                     unroll: int | bool | str = 'auto',
-                     extra_metrics: Callable[..., core.Metrics] | None = None,
-                     execution: str = 'auto',
-                     chunk_size: int | None = None
+                     client_optimizer: optax.GradientTransformation
+                     | None = None,
+                     aggregator: core.Aggregator | None = None,
+                     weighting: str = 'num_examples',
+                     transform_outputs: core.TransformOutputsFn | None = None,
+                     extra_metrics: core.ExtraMetricsFn | None = None,
+                     execution: core.Execution | str | None = None
                     ) -> core.FederatedAlgorithm:
-  """Builds a named algorithm with SGD clients.
+  """Builds a named algorithm; every hook reaches the round.
 
   ``fedprox`` is FedAvg's server with proximal clients (`prox_mu`);
-  ``scaffold`` keeps per-client controls; the others differ only in the
-  server optimizer (`server.server_optimizer`).
+  ``scaffold`` keeps per-client controls (plain SGD clients, as in the
+  paper); the others differ only in the server optimizer
+  (`server.server_optimizer`). `client_optimizer` (default
+  ``optax.sgd(client_learning_rate)``) replaces the local SGD of the
+  FedAvg family, e.g. by a ZO optimizer's first-order stand-in.
   """
   if name not in ALGORITHMS:
     raise ValueError(f'Unknown algorithm {name!r}; valid choices: '
@@ -39,11 +42,15 @@ def create_algorithm(name: str, loss_fn: clients.LossFn, *,
   server_name = 'fedavg' if name in ('fedprox', 'scaffold') else name
   server_opt = server.server_optimizer(server_name, server_learning_rate,
                                        momentum=server_momentum, tau=tau)
-  common = dict(weighting=weighting, unroll=unroll,
-                extra_metrics=extra_metrics, execution=execution,
-                chunk_size=chunk_size)
+  common = dict(aggregator=aggregator, weighting=weighting,
+                transform_outputs=transform_outputs,
+                extra_metrics=extra_metrics, execution=execution)
   if name == 'scaffold':
+    if client_optimizer is not None:
+      raise ValueError('scaffold runs plain local SGD; client_optimizer '
+                       'must be None.')
     return scaffold(loss_fn, client_learning_rate, server_opt,
                     num_clients=num_clients, **common)
-  return fed_avg(loss_fn, optax.sgd(client_learning_rate), server_opt,
-                 prox_mu=prox_mu if name == 'fedprox' else 0., **common)
+  return fed_avg(loss_fn, client_optimizer or optax.sgd(client_learning_rate),
+                 server_opt, prox_mu=prox_mu if name == 'fedprox' else 0.,
+                 **common)

@@ -20,8 +20,6 @@ the size of the model. K is the client's own count of steps that saw data
 With all controls at zero the first round is exactly FedAvg's.
 """
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,11 +33,11 @@ def scaffold(loss_fn: clients.LossFn, client_learning_rate: float,
              server_optimizer: optax.GradientTransformation, *,
              num_clients: int,
              aggregator: core.Aggregator | None = None,
-             weighting: str = 'examples',
-             unroll: int | bool | str = 'auto',
-             extra_metrics: Callable[..., core.Metrics] | None = None,
-             execution: str = 'auto',
-             chunk_size: int | None = None) -> core.FederatedAlgorithm:
+             weighting: str = 'num_examples',
+             transform_outputs: core.TransformOutputsFn | None = None,
+             extra_metrics: core.ExtraMetricsFn | None = None,
+             execution: core.Execution | str | None = None
+             ) -> core.FederatedAlgorithm:
   """SCAFFOLD with plain local SGD (the paper's client optimizer).
 
   Args:
@@ -47,25 +45,30 @@ def scaffold(loss_fn: clients.LossFn, client_learning_rate: float,
     client_learning_rate: local SGD step size :math:`\\eta_l` > 0.
     server_optimizer: applied to the aggregated pseudo-gradient.
     num_clients: N, all clients of the federation (for the c update).
-    aggregator, weighting, unroll, extra_metrics, execution, chunk_size: as
+    aggregator, weighting, transform_outputs, extra_metrics, execution: as
       `fed_avg`.
 
   Returns:
-    A `core.FederatedAlgorithm` whose client state is :math:`c_i` and whose
+    A `core.FederatedAlgorithm` whose client state is :math:`c_i`, whose
+    clients upload :math:`\\Delta c_i` as ``aux`` and whose
     ``algorithm_state`` is the server control :math:`c`.
   """
-  if client_learning_rate <= 0:
+  if not client_learning_rate > 0:
     raise ValueError('client_learning_rate must be > 0, got '
                      f'{client_learning_rate}.')
-  clients.check_weighting(weighting)
+  if not (isinstance(num_clients, int) and num_clients >= 1):
+    raise ValueError(f'num_clients must be an integer >= 1, got '
+                     f'{num_clients!r}.')
+  execution = core.as_execution(execution)
   optimizer = optax.sgd(client_learning_rate)
 
-  def client_update(message, control, batches, key):
+  def client_update(message, control, batches, key, info=None):
+    del info
     params, server_control = message
     offset = jax.tree.map(jnp.subtract, server_control, control)
     local, stats = clients.train_locally(
         params, batches, key, loss_fn=loss_fn, optimizer=optimizer,
-        gradient_offset=offset, unroll=unroll)
+        gradient_offset=offset, unroll=execution.unroll)
     update = jax.tree.map(jnp.subtract, params, local)
     scale = 1. / (jnp.maximum(stats.num_steps, 1.) * client_learning_rate)
     new_control = jax.tree.map(
@@ -74,22 +77,22 @@ def scaffold(loss_fn: clients.LossFn, client_learning_rate: float,
         control, server_control, update)
     return core.ClientOutput(
         update=update,
-        weight=clients.client_weight(stats, weighting),
+        weight=stats.num_examples,
         client_state=new_control,
-        metrics=clients.stats_metrics(stats))
+        metrics=clients.stats_metrics(stats),
+        aux=jax.tree.map(jnp.subtract, new_control, control))
 
-  def update_server_control(server_control, old_controls, outputs):
-    delta_sum = jax.tree.map(lambda new, old: jnp.sum(new - old, axis=0),
-                             outputs.client_state, old_controls)
-    return jax.tree.map(lambda c, d: c + d / num_clients, server_control,
-                        delta_sum)
+  def update_server_control(server_control, outputs):
+    return jax.tree.map(lambda c, d: c + jnp.sum(d, axis=0) / num_clients,
+                        server_control, outputs.aux)
 
   return core.federated_algorithm(
       client_update, aggregator or aggregators.weighted_mean(),
-      server_optimizer,
+      core.with_algorithm_state(core.as_server_update(server_optimizer),
+                                update_server_control),
+      weighting=weighting,
       init_client_state=optax.tree.zeros_like,
       init_algorithm_state=optax.tree.zeros_like,
       server_message=lambda state: (state.params, state.algorithm_state),
-      update_algorithm_state=update_server_control,
-      extra_metrics=extra_metrics, execution=execution,
-      chunk_size=chunk_size)
+      transform_outputs=transform_outputs,
+      extra_metrics=extra_metrics, execution=execution)

@@ -2,6 +2,7 @@
 
 from fedjax_ext.byzantine._algorithm import attack_outputs
 from fedjax_ext.byzantine._algorithm import byzantine_ids
+from fedjax_ext.byzantine._algorithm import cohort_flags
 from fedjax_ext.byzantine._algorithm import mark_cohort
 from fedjax_ext.byzantine._algorithm import MODES
 from fedjax_ext.byzantine._algorithm import robust_algorithm
@@ -21,9 +22,12 @@ from fedjax_ext.byzantine._attacks import non_finite
 from fedjax_ext.byzantine._attacks import OPTIMAL_FACTORS
 from fedjax_ext.byzantine._attacks import optimal_alie
 from fedjax_ext.byzantine._attacks import optimal_ipm
+from fedjax_ext.byzantine._attacks import RoundContext
 from fedjax_ext.byzantine._attacks import sign_flip
+from fedjax_ext.byzantine._attacks import simulate_aggregation
 from fedjax_ext.byzantine._clients import BYZANTINE
 from fedjax_ext.byzantine._clients import byzantine_client
+from fedjax_ext.byzantine._clients import client_flag
 from fedjax_ext.byzantine._clients import MOMENTUM_INITS
 from fedjax_ext.byzantine._clients import sgd_gradient
 from fedjax_ext.byzantine._clients import worker_momentum

@@ -34,19 +34,39 @@ method spec (`byzantine_split_moe_satellite.md`, section 1.6, all [B]):
   honest mean, searched over a grid in every round (ByzFL's
   ``LineMaximize``-optimised attacks; Allouah et al., "Fixing by Mixing",
   AISTATS 2023, https://arxiv.org/abs/2302.01772, evaluate against them).
+  Inside a round (`RoundContext`) the attacker simulates :math:`F` from the
+  defence's *current* state (centered clipping's last center), with the
+  round's extra arguments, so its simulation is the server's aggregation.
 """
 
-from typing import Callable, NamedTuple
+import math
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.scipy.special
 
 from fedjax_ext.aggregators import present_clients
-from fedjax_ext.core import Aggregator, PRNGKey, PyTree, Updates
+from fedjax_ext.core import (Aggregator, PRNGKey, PyTree, ServerState,
+                             Updates)
 
 # corrupt(updates [C, ...], byzantine bool [C], weights [C], key) -> updates.
 CorruptFn = Callable[[Updates, jax.Array, jax.Array, PRNGKey], Updates]
+
+
+class RoundContext(NamedTuple):
+  """What a round shows an optimised attack beyond the stacked updates.
+
+  Built by `byzantine.attack_outputs` from ``transform_outputs``'s
+  arguments, so that the attacker simulates the server's aggregation
+  exactly: ``aggregator.update(updates, server_state.aggregator_state,
+  server_state.params, weights=..., key=key, server_state=server_state,
+  client_info=client_info)``, as `core.aggregate_outputs` calls it.
+  """
+  aggregator: Aggregator | None  # The rule the server uses this round.
+  server_state: ServerState  # The server state before the round.
+  key: PRNGKey  # The aggregation stage's key (`core.stage_key`, stage 1).
+  client_info: Mapping[str, jax.Array]  # `Cohort.client_info()`, [C] each.
 
 
 class Attack(NamedTuple):
@@ -54,8 +74,9 @@ class Attack(NamedTuple):
   corrupt: CorruptFn  # Rewrites the Byzantine rows of the stacked updates.
   flips_labels: bool = False  # Byzantine clients train on flipped labels.
   # Optimised attacks only: ``choose_factor(updates, byzantine, weights,
-  # key) -> factor`` and ``corrupt_with(updates, byzantine, weights,
-  # factor) -> updates``; ``corrupt`` is their composition. Split so that a
+  # key, context=None) -> factor`` and ``corrupt_with(updates, byzantine,
+  # weights, factor) -> updates``; ``corrupt`` is their composition (and
+  # takes the same optional ``context``, a `RoundContext`). Split so that a
   # round can report the factor it used (`byzantine.attack_outputs`).
   choose_factor: Callable[..., jax.Array] | None = None
   corrupt_with: Callable[..., Updates] | None = None
@@ -241,31 +262,59 @@ def non_finite(value: str = 'nan') -> Attack:
 OPTIMAL_FACTORS = tuple(float(2. ** (k / 2)) for k in range(-4, 11))
 
 
+def simulate_aggregation(aggregator: Aggregator, updates: Updates,
+                         weights: jax.Array,
+                         context: RoundContext | None = None) -> Updates:
+  """The aggregate an attacker predicts for ``updates`` [C, ...].
+
+  With a `RoundContext` whose ``aggregator`` is `aggregator` (the attack
+  targets the rule in use), the simulation starts from the defence's
+  current state ``server_state.aggregator_state`` (centered clipping's last
+  center, bucketing's key) and passes the round's params and extra
+  arguments: it IS the server's aggregation of these updates. For another
+  rule, or without a context (an attack called on bare updates), the rule
+  starts from its ``init`` state (exact for stateless rules); the round's
+  extra arguments are still passed when there is a context.
+  """
+  template = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape[1:], leaf.dtype),
+                          updates)
+  if context is None:
+    out, _ = aggregator.update(updates, aggregator.init(template),
+                               weights=weights)
+    return out
+  server_state = context.server_state
+  in_use = context.aggregator is not None and context.aggregator == aggregator
+  state = (server_state.aggregator_state if in_use
+           else aggregator.init(template))
+  out, _ = aggregator.update(updates, state, server_state.params,
+                             weights=weights, key=context.key,
+                             server_state=server_state,
+                             client_info=context.client_info)
+  return out
+
+
 def _optimal(vector_fn: Callable[[PyTree, PyTree, jax.Array], PyTree],
              aggregator: Aggregator, factors) -> Attack:
   """The attack ``vector_fn(mu_H, sigma_H, factor)`` with the factor of
-  ``factors`` that maximises ``||F(x) - mu_H||`` (first on ties)."""
+  ``factors`` that maximises ``||F(x) - mu_H||`` (first on ties), ``F``
+  simulated by `simulate_aggregation`."""
   factors = tuple(float(f) for f in factors)
   if not factors:
     raise ValueError('An optimal attack needs at least one factor.')
+  if not all(math.isfinite(f) for f in factors):
+    raise ValueError(f'factors must be finite, got {factors}.')
 
   def corrupt_with(updates, byzantine, weights, factor):
     mu, std = honest_mean_std(updates, _honest(updates, byzantine, weights))
     return _replace(updates, byzantine, vector_fn(mu, std, factor))
 
-  def choose_factor(updates, byzantine, weights, key):
+  def choose_factor(updates, byzantine, weights, key, context=None):
     del key
     mu, std = honest_mean_std(updates, _honest(updates, byzantine, weights))
-    template = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape[1:],
-                                                   leaf.dtype), updates)
-    # The attacker simulates F from its initial state (stateless rules:
-    # exactly F; centered clipping: centred at 0, not at the server's last
-    # aggregate, which transform_outputs does not see).
-    state = aggregator.init(template)
 
     def deviation(factor):
       attacked = _replace(updates, byzantine, vector_fn(mu, std, factor))
-      out, _ = aggregator.update(attacked, state, weights=weights)
+      out = simulate_aggregation(aggregator, attacked, weights, context)
       sq = sum(jnp.sum(jnp.square(o.astype(jnp.float32) - m))
                for o, m in zip(jax.tree.leaves(out), jax.tree.leaves(mu)))
       return jnp.where(jnp.isnan(sq), -jnp.inf, sq)
@@ -273,8 +322,8 @@ def _optimal(vector_fn: Callable[[PyTree, PyTree, jax.Array], PyTree],
     grid = jnp.asarray(factors, jnp.float32)
     return grid[jnp.argmax(jax.lax.map(deviation, grid))]
 
-  def corrupt(updates, byzantine, weights, key):
-    factor = choose_factor(updates, byzantine, weights, key)
+  def corrupt(updates, byzantine, weights, key, context=None):
+    factor = choose_factor(updates, byzantine, weights, key, context)
     return corrupt_with(updates, byzantine, weights, factor)
 
   return Attack(corrupt, choose_factor=choose_factor,
@@ -296,9 +345,15 @@ def optimal_alie(aggregator: Aggregator,
   point per round.
 
   Args:
-    aggregator: the rule the attacker targets (simulated from its
-      ``init`` state).
-    factors: the candidate :math:`z` values.
+    aggregator: the rule the attacker targets. Inside a round
+      (`byzantine.attack_outputs`, which passes a `RoundContext`) it is
+      simulated from the defence's current state when it is the rule in
+      use (the same `core.Aggregator` object), with the round's params,
+      ``key``, ``server_state`` and ``client_info``: e.g. centered clipping
+      from its last center, so the simulated aggregate of the chosen
+      attack is the server's. Otherwise, and on bare updates, from its
+      ``init`` state (`simulate_aggregation`).
+    factors: the candidate :math:`z` values (finite).
 
   Returns:
     An omniscient `Attack` that can report the chosen :math:`z`.

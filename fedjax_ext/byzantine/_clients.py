@@ -14,7 +14,15 @@ Jaggi, ICML 2021, and Allouah et al., AISTATS 2023; [B] in the method spec):
 ``optax.sgd(gamma)`` on the server is the paper's step), `worker_momentum`
 wraps ANY client update (DSGD's gradient or FedAvg's multi-step
 pseudo-gradient) with the EMA, keeping :math:`m_i` in the client store.
+
+Every client here reports the real examples it processed as its
+``weight``; the round's weighting stage (`core.weigh_clients`) sets the
+aggregation weight. Who is Byzantine is per-round data, so it travels in
+``Cohort.info['byzantine']`` and reaches each client as its fifth
+argument, ``info``.
 """
+
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +31,13 @@ import optax
 from fedjax_ext import clients
 from fedjax_ext import core
 
-BYZANTINE = 'byzantine'  # Cohort column: 1. for a Byzantine client, [C].
+# `Cohort.info` column (float32 [C]): 1. for a Byzantine client, else 0.;
+# also the client metric that reports it.
+BYZANTINE = 'byzantine'
 MOMENTUM_INITS = ('zeros', 'first')
 
 
-def sgd_gradient(loss_fn: clients.LossFn, *,
-                 weighting: str = 'uniform') -> core.ClientUpdateFn:
+def sgd_gradient(loss_fn: clients.LossFn) -> core.ClientUpdateFn:
   r"""One stochastic gradient per round: the DSGD worker.
 
   The gradient is taken of the masked mean loss over ALL the client's
@@ -38,16 +47,17 @@ def sgd_gradient(loss_fn: clients.LossFn, *,
 
   Args:
     loss_fn: masked mean loss of one batch.
-    weighting: ``'uniform'`` (default: every worker with data counts once,
-      as in the theory) or ``'examples'``.
 
   Returns:
     A stateless `core.ClientUpdateFn` whose ``update`` is the gradient
-    :math:`g_i = \nabla \ell(\theta; \xi_i)`.
+    :math:`g_i = \nabla \ell(\theta; \xi_i)` and whose ``weight`` is the
+    real examples in the minibatch (0 for a client without data). The
+    theory's equal weighting of workers is the round's ``'uniform'``
+    weighting (`byzantine.robust_algorithm`'s default).
   """
-  clients.check_weighting(weighting)
 
-  def client_update(params, client_state, batches, key):
+  def client_update(params, client_state, batches, key, info=None):
+    del info
     flat = jax.tree.map(
         lambda c: c.reshape((c.shape[0] * c.shape[1],) + c.shape[2:]),
         batches)
@@ -57,8 +67,7 @@ def sgd_gradient(loss_fn: clients.LossFn, *,
     stats = clients.LocalStats(loss=loss, accuracy=metrics['accuracy'],
                                num_steps=(count > 0).astype(jnp.float32),
                                num_examples=count)
-    return core.ClientOutput(update=grads,
-                             weight=clients.client_weight(stats, weighting),
+    return core.ClientOutput(update=grads, weight=count,
                              client_state=client_state,
                              metrics=clients.stats_metrics(stats))
 
@@ -73,13 +82,15 @@ def worker_momentum(client_update: core.ClientUpdateFn,
   .. math:: m_i \leftarrow \beta m_i + (1 - \beta) u_i,
 
   and the client sends :math:`m_i` instead of its update :math:`u_i`. A
-  client that saw no data this round (weight 0) keeps its :math:`m_i`.
+  client that saw no data this round (it reports weight 0) keeps its
+  :math:`m_i`. The client's ``info`` reaches the wrapped update unchanged.
   The client state is :math:`m_i` (shaped like params, float32), kept in
   the client store between the rounds the client takes part in: use
   ``optax.tree.zeros_like`` as `init_client_state`.
 
   Args:
-    client_update: a stateless client update (its state is ``()``).
+    client_update: a stateless client update (its state is ``()``)
+      reporting the examples it processed as its weight.
     beta: :math:`\beta \in [0, 1)`; may be a traced array (so one compiled
       program serves several values under ``vmap``).
     init: ``'zeros'`` (:math:`m^{-1} = 0`, ByzFL's choice) or ``'first'``
@@ -96,8 +107,8 @@ def worker_momentum(client_update: core.ClientUpdateFn,
   if isinstance(beta, (int, float)) and not 0 <= beta < 1:
     raise ValueError(f'momentum beta must be in [0, 1), got {beta}.')
 
-  def momentum_update(message, momentum, batches, key):
-    out = client_update(message, (), batches, key)
+  def momentum_update(message, momentum, batches, key, info=None):
+    out = client_update(message, (), batches, key, info)
     b = jnp.asarray(beta, jnp.float32)
     if init == 'first':
       fresh = optax.tree.norm(momentum, squared=True) == 0
@@ -112,16 +123,25 @@ def worker_momentum(client_update: core.ClientUpdateFn,
   return momentum_update
 
 
+def client_flag(info: Mapping[str, jax.Array] | None) -> jax.Array:
+  """float32 scalar: ONE client's ``info['byzantine']`` (0. if absent)."""
+  if info is None or BYZANTINE not in info:
+    return jnp.zeros((), jnp.float32)
+  return jnp.asarray(info[BYZANTINE], jnp.float32)
+
+
 def byzantine_client(client_update: core.ClientUpdateFn, *,
                      flip_labels: bool = False,
                      num_classes: int | None = None) -> core.ClientUpdateFn:
-  """Reads (and drops) the cohort's ``'byzantine'`` column, flips labels.
+  """Reads the client's Byzantine flag from ``info``, flips labels.
 
-  The cohort may carry ``batches['byzantine']`` (one float per client:
-  `mark_cohort`); the wrapped update never sees it. The flag is reported
-  as ``metrics['byzantine']`` so that ``transform_outputs`` (the attack)
-  knows which stacked rows are Byzantine; round metrics then show the
-  weighted Byzantine fraction. Without the column every client is honest.
+  The flag is ``info['byzantine']`` (the client's entry of
+  ``Cohort.info['byzantine']``: `byzantine.mark_cohort`); without it every
+  client is honest. It is reported as the client metric
+  ``metrics['byzantine']``: a per-client scalar like the training loss, so
+  the round metric is the weighted Byzantine fraction and
+  `byzantine.robustness_metrics` (which sees only the outputs) counts the
+  Byzantine clients from it. The wrapped update gets the same ``info``.
 
   Args:
     client_update: the honest client update.
@@ -135,14 +155,14 @@ def byzantine_client(client_update: core.ClientUpdateFn, *,
   if flip_labels and not num_classes:
     raise ValueError('flip_labels needs num_classes.')
 
-  def wrapped(message, client_state, batches, key):
-    batches = dict(batches)
-    flag = batches.pop(BYZANTINE, jnp.zeros((), jnp.float32))
-    flag = jnp.asarray(flag, jnp.float32)
+  def wrapped(message, client_state, batches, key,
+              info: Mapping[str, jax.Array] | None = None):
+    flag = client_flag(info)
     if flip_labels:
+      batches = dict(batches)
       y = batches['y']
       batches['y'] = jnp.where(flag > 0, num_classes - 1 - y, y)
-    out = client_update(message, client_state, batches, key)
+    out = client_update(message, client_state, batches, key, info)
     metrics = dict(out.metrics)
     metrics[BYZANTINE] = flag
     return out._replace(metrics=metrics)

@@ -1,12 +1,12 @@
 """One client's local update: pure functions mapped by `core.map_clients`."""
 
-from fedjax_ext.clients._local import check_weighting
-from fedjax_ext.clients._local import client_weight
 from fedjax_ext.clients._local import local_sgd
+from fedjax_ext.clients._local import LocalRun
 from fedjax_ext.clients._local import LocalStats
+from fedjax_ext.clients._local import run_local_steps
 from fedjax_ext.clients._local import stats_metrics
+from fedjax_ext.clients._local import StepFn
 from fedjax_ext.clients._local import train_locally
-from fedjax_ext.clients._local import WEIGHTINGS
 from fedjax_ext.clients._objectives import classification_loss
 from fedjax_ext.clients._objectives import LossFn
 from fedjax_ext.clients._objectives import masked_mean

@@ -1,9 +1,11 @@
 """Local training of ONE client, the building block of every client update.
 
-`train_locally` runs S masked optimizer steps over a client's batches
-[S, B, ...]. A step whose batch holds no real example (all padding, because
-this client has fewer batches than the cohort's longest) leaves parameters
-and optimizer state untouched, so padding never changes a result.
+`run_local_steps` is the one local loop: S masked steps of any step
+function over a client's batches [S, B, ...]. A step whose batch holds no
+real example (all padding, because this client has fewer batches than the
+cohort's longest) leaves parameters and optimizer state untouched, so
+padding never changes a result. `train_locally` runs it with first-order
+optimizer steps; the ZO client (`zo.zo_train_locally`) with ZO steps.
 
 Two hooks cover the classic local objectives without forking the loop:
 
@@ -15,7 +17,7 @@ Two hooks cover the classic local objectives without forking the loop:
   https://arxiv.org/abs/1910.06378).
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +25,8 @@ import optax
 
 from fedjax_ext.clients._objectives import LossFn
 from fedjax_ext import core
-from fedjax_ext.core import ClientOutput, Params, PRNGKey, Updates
-
-WEIGHTINGS = ('examples', 'uniform')
-
+from fedjax_ext.core import (ClientOutput, Metrics, Params, PRNGKey, PyTree,
+                             Updates)
 
 class LocalStats(NamedTuple):
   """Summary of one client's local training."""
@@ -36,8 +36,74 @@ class LocalStats(NamedTuple):
   num_examples: jax.Array  # float32: real examples processed (with repeats).
 
 
+# ``step_fn(params, opt_state, batch, step_key) -> (params, opt_state, loss,
+# metrics, step_output)``: one local step of any kind (first-order, ZO).
+StepFn = Callable[..., tuple[Params, optax.OptState, jax.Array, Metrics,
+                             PyTree]]
+
+
 def _select(pred: jax.Array, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+class LocalRun(NamedTuple):
+  """What `run_local_steps` returns."""
+  params: Params  # After the S steps.
+  opt_state: optax.OptState  # After the S steps.
+  stats: LocalStats
+  step_outputs: PyTree  # Each step's ``step_output``, stacked [S, ...].
+  active: jax.Array  # bool [S]: the step saw real data (else skipped).
+
+
+def run_local_steps(params: Params, opt_state: optax.OptState,
+                    batches: dict[str, jax.Array], key: PRNGKey,
+                    step_fn: StepFn, *,
+                    unroll: int | bool | str = 'auto') -> LocalRun:
+  """The one local-training loop: S masked steps of any `step_fn`.
+
+  Step s runs ``step_fn(params, opt_state, batch_s, fold_in(key, s))``;
+  a step whose batch holds no real example (padding, because this client
+  has fewer batches than the cohort's longest) keeps params and optimizer
+  state as they were, so padding never changes a result. Loss and
+  ``metrics['accuracy']`` (0 when absent) are averaged over real examples.
+
+  Args:
+    params: the starting (global) parameters.
+    opt_state: the local optimizer's starting state.
+    batches: columns shaped [S, B, ...] including 'mask' [S, B].
+    key: this client's key for the round.
+    step_fn: one step (`StepFn`).
+    unroll: `jax.lax.scan`'s unroll over steps (True unrolls all), or
+      ``'auto'`` (`core.local_steps_unroll`: all steps for large models on
+      CPU, where rolled conv steps run ~8x slower; 1 otherwise).
+
+  Returns:
+    A `LocalRun`.
+  """
+  num_steps = batches['mask'].shape[0]
+  if unroll == 'auto':
+    unroll = core.local_steps_unroll(params)
+
+  def step(carry, inputs):
+    p, st, totals = carry
+    s, batch = inputs
+    new_p, new_st, loss, metrics, out = step_fn(p, st, batch,
+                                                jax.random.fold_in(key, s))
+    count = jnp.sum(batch['mask'])
+    active = count > 0
+    p, st = _select(active, (new_p, new_st), (p, st))
+    accuracy = metrics.get('accuracy', jnp.zeros(()))
+    totals = totals + jnp.stack([loss * count, accuracy * count,
+                                 active.astype(jnp.float32), count])
+    return (p, st, totals), (out, active)
+
+  init = (params, opt_state, jnp.zeros(4, jnp.float32))
+  (local, final_state, totals), (outs, active) = jax.lax.scan(
+      step, init, (jnp.arange(num_steps), batches), unroll=unroll)
+  seen = jnp.maximum(totals[3], 1.)
+  stats = LocalStats(loss=totals[0] / seen, accuracy=totals[1] / seen,
+                     num_steps=totals[2], num_examples=totals[3])
+  return LocalRun(local, final_state, stats, outs, active)
 
 
 def train_locally(params: Params, batches: dict[str, jax.Array],
@@ -46,7 +112,7 @@ def train_locally(params: Params, batches: dict[str, jax.Array],
                   prox_mu: float = 0.,
                   gradient_offset: Updates | None = None,
                   unroll: int | bool | str = 'auto') -> tuple[Params, LocalStats]:
-  """Runs masked local steps from `params` over `batches` [S, B, ...].
+  """Runs masked first-order local steps from `params` (`run_local_steps`).
 
   Args:
     params: the starting (global) parameters.
@@ -56,16 +122,11 @@ def train_locally(params: Params, batches: dict[str, jax.Array],
     optimizer: the client optimizer; its state starts fresh each round.
     prox_mu: FedProx coefficient mu >= 0 of (mu/2)||w - params||^2.
     gradient_offset: optional constant added to each step's gradient.
-    unroll: `jax.lax.scan`'s unroll over steps (True unrolls all), or
-      ``'auto'`` (`core.local_steps_unroll`: all steps for large models on
-      CPU, where rolled conv steps run ~8x slower; 1 otherwise).
+    unroll: see `run_local_steps`.
 
   Returns:
     The local parameters after training and their `LocalStats`.
   """
-  num_steps = batches['mask'].shape[0]
-  if unroll == 'auto':
-    unroll = core.local_steps_unroll(params)
 
   def objective(p, batch, step_key):
     loss, metrics = loss_fn(p, batch, step_key)
@@ -78,28 +139,16 @@ def train_locally(params: Params, batches: dict[str, jax.Array],
 
   grad_fn = jax.grad(objective, has_aux=True)
 
-  def step(carry, inputs):
-    p, opt_state, totals = carry
-    s, batch = inputs
-    grads, (loss, metrics) = grad_fn(p, batch, jax.random.fold_in(key, s))
+  def sgd_step(p, opt_state, batch, step_key):
+    grads, (loss, metrics) = grad_fn(p, batch, step_key)
     if gradient_offset is not None:
       grads = jax.tree.map(jnp.add, grads, gradient_offset)
-    updates, new_opt_state = optimizer.update(grads, opt_state, p)
-    new_p = optax.apply_updates(p, updates)
-    count = jnp.sum(batch['mask'])
-    active = count > 0
-    p, opt_state = _select(active, (new_p, new_opt_state), (p, opt_state))
-    totals = totals + jnp.stack([loss * count, metrics['accuracy'] * count,
-                                 active.astype(jnp.float32), count])
-    return (p, opt_state, totals), None
+    updates, opt_state = optimizer.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, loss, metrics, ()
 
-  init = (params, optimizer.init(params), jnp.zeros(4, jnp.float32))
-  (local, _, totals), _ = jax.lax.scan(
-      step, init, (jnp.arange(num_steps), batches), unroll=unroll)
-  seen = jnp.maximum(totals[3], 1.)
-  stats = LocalStats(loss=totals[0] / seen, accuracy=totals[1] / seen,
-                     num_steps=totals[2], num_examples=totals[3])
-  return local, stats
+  run = run_local_steps(params, optimizer.init(params), batches, key,
+                        sgd_step, unroll=unroll)
+  return run.params, run.stats
 
 
 def stats_metrics(stats: LocalStats) -> dict[str, jax.Array]:
@@ -108,47 +157,32 @@ def stats_metrics(stats: LocalStats) -> dict[str, jax.Array]:
           'local_steps': stats.num_steps}
 
 
-def client_weight(stats: LocalStats, weighting: str) -> jax.Array:
-  """Aggregation weight: examples processed (as FedJAX does) or 1."""
-  if weighting == 'uniform':
-    return (stats.num_examples > 0).astype(jnp.float32)
-  return stats.num_examples
-
-
-def check_weighting(weighting: str) -> None:
-  if weighting not in WEIGHTINGS:
-    raise ValueError(f'Unknown weighting {weighting!r}; valid choices: '
-                     f'{", ".join(WEIGHTINGS)}.')
-
-
 def local_sgd(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-              prox_mu: float = 0., weighting: str = 'examples',
-              unroll: int | bool | str = 'auto'):
+              prox_mu: float = 0., unroll: int | bool | str = 'auto'):
   """The FedAvg / FedProx client update: local training, stateless.
 
   Args:
     loss_fn: masked mean loss of one batch.
     optimizer: client optimizer (e.g. ``optax.sgd(client_lr)``).
     prox_mu: FedProx's mu; 0 gives FedAvg's plain local SGD.
-    weighting: ``'examples'`` weighs a client by the real examples it
-      processed, ``'uniform'`` weighs every client that trained equally.
-    unroll: see `train_locally`.
+    unroll: see `run_local_steps`.
 
   Returns:
-    A `ClientUpdateFn` ``(params, (), batches, key) -> ClientOutput`` whose
-    ``update`` is the pseudo-gradient ``params - local_params``.
+    A `core.ClientUpdateFn` whose ``update`` is the pseudo-gradient
+    ``params - local_params`` and whose ``weight`` is the real examples it
+    processed (the round's weighting stage sets the aggregation weight).
   """
-  if prox_mu < 0:
-    raise ValueError(f'prox_mu must be >= 0, got {prox_mu}.')
-  check_weighting(weighting)
+  if not (isinstance(prox_mu, (int, float)) and 0 <= prox_mu < float('inf')):
+    raise ValueError(f'prox_mu must be a finite number >= 0, got {prox_mu}.')
 
-  def client_update(params, client_state, batches, key):
+  def client_update(params, client_state, batches, key, info=None):
+    del info
     local, stats = train_locally(params, batches, key, loss_fn=loss_fn,
                                  optimizer=optimizer, prox_mu=prox_mu,
                                  unroll=unroll)
     return ClientOutput(
         update=jax.tree.map(jnp.subtract, params, local),
-        weight=client_weight(stats, weighting),
+        weight=stats.num_examples,
         client_state=client_state,
         metrics=stats_metrics(stats))
 

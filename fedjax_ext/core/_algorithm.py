@@ -1,111 +1,46 @@
-"""The federated round as one pure, jittable function, built by composition.
+"""`federated_algorithm`: the FedAvg-shaped round composed from the stages.
 
-A `FederatedAlgorithm` is a pair of pure functions in the optax style:
+A `FederatedAlgorithm` is a pair of pure functions in the optax style,
+``init(params) -> state`` and ``apply(state, client_store, cohort, key) ->
+(state, client_store, metrics)``, plus ``init_client_state(params)``, the
+persistent state of ONE client (SCAFFOLD's control, worker momentum) that
+the trainer keeps for all N clients in a client-indexed store (leaves
+[N, ...]) next to, not inside, the server state.
 
-* ``init(params) -> ServerState`` and
-* ``apply(server_state, client_store, cohort, key)
-  -> (server_state, client_store, metrics)``,
+The round `federated_algorithm` builds, stage by stage (`core._stages`)::
 
-plus ``init_client_state(params)``, the persistent state of ONE client that
-algorithms such as SCAFFOLD keep between the rounds a client takes part in.
-The trainer keeps those states for all N clients in a client-indexed store
-(leaves shaped [N, ...]) next to, not inside, `ServerState`; `apply` gathers
-the cohort's rows and scatters them back inside the compiled round.
+    cohort ──► run_clients ──► weigh_clients ──► transform_outputs
+    (C clients)  (map_clients)   (n_k | processed   (attacks, seed replay;
+                                  | uniform)         sees server state)
+                                                          │
+    round_metrics ◄── tree_scatter ◄── server_update ◄── aggregate_outputs
+    (+ extra_metrics)  (client store)  (optax step, or   (aggregator sees
+                                        a rebuild)        key, state, info)
 
-One round (`federated_algorithm`):
-
-1. ``round_key = fold_in(key, server_state.round)``; client ``i`` draws from
-   ``fold_in(round_key, client_id_i)``, so a client's randomness does not
-   depend on its position in the cohort, and a resumed run replays it.
-2. ``map_clients(client_update, broadcast(server_state), states, batches,
-   keys)`` runs every client's local update (`core.map_clients`).
-3. The aggregator turns the stacked [C, ...] pseudo-gradients into one.
-4. The server optimizer (any optax transform) treats the aggregate as a
-   gradient: ``params <- params + server_optimizer.update(aggregate)``.
-5. Algorithm-specific server state (SCAFFOLD's control variate) is updated.
-
-Sign convention: a client's ``update`` is the pseudo-gradient
-``global_params - local_params``, so `optax.sgd(1.0)` on the weighted mean
-update gives exactly FedAvg's average of the local models (Reddi et al.,
-"Adaptive Federated Optimization", ICLR 2021, https://arxiv.org/abs/2003.00295).
+Each hook is optional and has one job: ``transform_outputs`` rewrites the
+stacked outputs before aggregation, the aggregator combines updates, the
+server update writes params / optimizer state / algorithm state,
+``extra_metrics`` reads the round without storing anything.
 """
 
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from fedjax_ext.core import _map
+from fedjax_ext.core import _stages
 from fedjax_ext.core import _tree
+from fedjax_ext.core._structures import (Aggregator, ClientOutput,
+                                         ClientUpdateFn, Cohort,
+                                         FederatedAlgorithm, ServerState,
+                                         ServerUpdate)
 from fedjax_ext.core._types import (ClientState, Metrics, Params, PRNGKey,
                                     PyTree, Updates)
 
-
-class Cohort(NamedTuple):
-  """One round's clients, packed to fixed shapes so rounds never retrace."""
-  client_ids: jax.Array  # int32 [C]: rows of the client store.
-  batches: dict[str, jax.Array]  # 'x' [C, S, B, ...], 'y' and 'mask' [C, S, B].
-  num_examples: jax.Array  # float32 [C]: training examples of each client.
-
-
-class ServerState(NamedTuple):
-  """Everything the server carries between rounds; exactly what is saved."""
-  params: Params
-  opt_state: optax.OptState  # The server optimizer's state.
-  aggregator_state: PyTree  # The aggregator's state; () if stateless.
-  algorithm_state: PyTree  # e.g. SCAFFOLD's server control; () if none.
-  round: jax.Array  # int32 scalar: rounds completed so far.
-
-
-class ClientOutput(NamedTuple):
-  """What one client's local update returns (one client, no leading axis)."""
-  update: Updates  # Pseudo-gradient: global params - local params.
-  weight: jax.Array  # float32 scalar aggregation weight (e.g. examples seen).
-  client_state: ClientState  # The client's new persistent state.
-  metrics: Metrics  # Scalars such as 'train_loss'; averaged by `weight`.
-
-
-class ClientUpdateFn(Protocol):
-
-  def __call__(self, server_message: PyTree, client_state: ClientState,
-               batches: dict[str, jax.Array], key: PRNGKey) -> ClientOutput:
-    """One client's local update from what the server broadcast."""
-
-
-class Aggregator(NamedTuple):
-  """Stacked client updates [C, ...] -> one update, optax style.
-
-  ``update(client_updates, state, params=None, *, weights, **extra_args)
-  -> (aggregate, state)``.
-  """
-  init: Callable[[Params], PyTree]
-  update: Callable[..., tuple[Updates, PyTree]]
-
-
-class FederatedAlgorithm(NamedTuple):
-  """A federated algorithm as pure functions (see the module docstring)."""
-  init: Callable[[Params], ServerState]
-  init_client_state: Callable[[Params], ClientState]
-  apply: Callable[[ServerState, PyTree, Cohort, PRNGKey],
-                  tuple[ServerState, PyTree, Metrics]]
-
-
-def client_keys(key: PRNGKey, round_num: jax.Array,
-                client_ids: jax.Array) -> jax.Array:
-  """Per-client keys [C] folded from (key, round, client id)."""
-  base = jax.random.fold_in(key, round_num)
-  return jax.vmap(lambda i: jax.random.fold_in(base, i))(client_ids)
-
-
-def round_key(key: PRNGKey, round_num: jax.Array) -> PRNGKey:
-  """The server's own key of a round, independent of every client's key.
-
-  Client ids are non-negative, so folding in -1 (as uint32) never collides
-  with a client's ``fold_in(fold_in(key, round), client_id)``.
-  """
-  return jax.random.fold_in(jax.random.fold_in(key, round_num),
-                            jnp.uint32(2**32 - 1))
+TransformOutputsFn = Callable[[ClientOutput, ServerState, Cohort, PRNGKey],
+                              ClientOutput]
+ExtraMetricsFn = Callable[[ClientOutput, Updates, ServerState], Metrics]
 
 
 def _empty_state(params: Params) -> tuple[()]:
@@ -116,91 +51,75 @@ def _empty_state(params: Params) -> tuple[()]:
 def federated_algorithm(
     client_update: ClientUpdateFn,
     aggregator: Aggregator,
-    server_optimizer: optax.GradientTransformation,
+    server_update: ServerUpdate | optax.GradientTransformation,
     *,
+    weighting: str = 'num_examples',
     init_client_state: Callable[[Params], ClientState] = _empty_state,
     init_algorithm_state: Callable[[Params], PyTree] = _empty_state,
     server_message: Callable[[ServerState], PyTree] = lambda s: s.params,
-    update_algorithm_state: Callable[..., PyTree] | None = None,
-    transform_outputs: Callable[[ClientOutput, PRNGKey],
-                                ClientOutput] | None = None,
-    extra_metrics: Callable[[ClientOutput, Updates, ServerState],
-                            Metrics] | None = None,
-    execution: str = 'auto',
-    chunk_size: int | None = None,
+    transform_outputs: TransformOutputsFn | None = None,
+    extra_metrics: ExtraMetricsFn | None = None,
+    execution: _map.Execution | str | None = None,
 ) -> FederatedAlgorithm:
-  """Composes a client update, an aggregator and a server optimizer.
+  """Composes a client update, an aggregator and a server update.
 
   Args:
     client_update: ONE client's local update (`ClientUpdateFn`).
-    aggregator: combines the cohort's stacked pseudo-gradients.
-    server_optimizer: optax transform applied to the aggregate.
+    aggregator: combines the cohort's stacked updates.
+    server_update: a `ServerUpdate`, or an optax optimizer applied to the
+      aggregate as a pseudo-gradient (`core.optax_server_update`).
+    weighting: the aggregation weight of each client (`core.weigh_clients`):
+      ``'num_examples'`` (dataset size n_k, the default),
+      ``'examples_processed'`` or ``'uniform'``.
     init_client_state: one client's initial persistent state.
-    init_algorithm_state: the server's algorithm-specific initial state.
+    init_algorithm_state: the initial ``ServerState.algorithm_state``.
     server_message: what the server broadcasts to clients (default: params).
-    update_algorithm_state: ``fn(algorithm_state, old_client_states,
-      outputs) -> algorithm_state`` run after aggregation (stacked [C] old
-      states and outputs); default keeps the state unchanged.
-    transform_outputs: ``fn(outputs, key) -> outputs`` on the stacked [C]
-      client outputs before aggregation, e.g. a simulated attack that sees
-      every honest update of the round; `key` is the round's own key.
+    transform_outputs: ``fn(outputs, state, cohort, key) -> outputs`` on the
+      stacked [C] outputs before aggregation, with the server state before
+      the round (a simulated attack that sees every honest update and the
+      defence's state; the server-side replay of seed uploads).
     extra_metrics: ``fn(outputs, aggregate, state) -> metrics`` added to the
-      round's metrics (drift measures read the same stacked outputs).
-    execution: how clients are mapped (`core.map_clients` strategies).
-    chunk_size: clients per chunk for ``execution='chunked'``.
+      round's metrics (drift, bytes); nothing is stored.
+    execution: the run's `core.Execution` policy (or a strategy name).
 
   Returns:
-    A `FederatedAlgorithm`; jit its ``apply`` once per run.
+    A `FederatedAlgorithm` whose state is a `ServerState`; jit its
+    ``apply`` once per run.
   """
+  _stages.check_weighting(weighting)
+  execution = _map.as_execution(execution)
+  server_update = _stages.as_server_update(server_update)
 
   def init(params: Params) -> ServerState:
     return ServerState(
         params=params,
-        opt_state=server_optimizer.init(params),
+        opt_state=server_update.init(params),
         aggregator_state=aggregator.init(params),
         algorithm_state=init_algorithm_state(params),
         round=jnp.zeros((), jnp.int32))
 
   def apply(state: ServerState, client_store: PyTree, cohort: Cohort,
             key: PRNGKey) -> tuple[ServerState, PyTree, Metrics]:
-    keys = client_keys(key, state.round, cohort.client_ids)
+    keys = _stages.client_keys(key, state.round, cohort.client_ids)
     old_states = _tree.tree_gather(client_store, cohort.client_ids)
-    outputs: ClientOutput = _map.map_clients(
-        client_update, server_message(state), old_states, cohort.batches,
-        keys, in_axes=(None, 0, 0, 0), strategy=execution,
-        chunk_size=chunk_size)
+    outputs = _stages.run_clients(client_update, server_message(state),
+                                  old_states, cohort, keys, execution)
+    outputs = _stages.weigh_clients(outputs, cohort, weighting)
     if transform_outputs is not None:
-      outputs = transform_outputs(outputs, round_key(key, state.round))
-    aggregate, aggregator_state = aggregator.update(
-        outputs.update, state.aggregator_state, state.params,
-        weights=outputs.weight)
-    # The pseudo-gradient plays the gradient's role: optax returns the step.
-    steps, opt_state = server_optimizer.update(aggregate, state.opt_state,
-                                               state.params)
-    algorithm_state = state.algorithm_state
-    if update_algorithm_state is not None:
-      algorithm_state = update_algorithm_state(algorithm_state, old_states,
-                                               outputs)
-    new_state = ServerState(
-        params=optax.apply_updates(state.params, steps),
-        opt_state=opt_state,
-        aggregator_state=aggregator_state,
-        algorithm_state=algorithm_state,
-        round=state.round + 1)
+      outputs = transform_outputs(outputs, state, cohort,
+                                  _stages.stage_key(key, state.round, 0))
+    aggregate, aggregator_state = _stages.aggregate_outputs(
+        aggregator, outputs, state, cohort,
+        _stages.stage_key(key, state.round, 1))
+    new_state = server_update.update(
+        state._replace(aggregator_state=aggregator_state), aggregate,
+        outputs, _stages.stage_key(key, state.round, 2))
+    new_state = new_state._replace(round=state.round + 1)
     client_store = _tree.tree_scatter(client_store, cohort.client_ids,
                                       outputs.client_state)
-    metrics = round_metrics(outputs, aggregate)
+    metrics = _stages.round_metrics(outputs, aggregate)
     if extra_metrics is not None:
       metrics.update(extra_metrics(outputs, aggregate, state))
     return new_state, client_store, metrics
 
   return FederatedAlgorithm(init, init_client_state, apply)
-
-
-def round_metrics(outputs: ClientOutput, aggregate: Updates) -> Metrics:
-  """Cohort metrics: clients' metrics averaged by weight, plus totals."""
-  metrics = {name: _tree.tree_weighted_mean(value, outputs.weight)
-             for name, value in outputs.metrics.items()}
-  metrics['cohort_weight'] = jnp.sum(outputs.weight)
-  metrics['update_norm'] = optax.tree.norm(aggregate)
-  return metrics

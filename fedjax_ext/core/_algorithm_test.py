@@ -19,8 +19,10 @@ class HooksTest(absltest.TestCase):
   def test_transform_outputs_and_extra_metrics(self):
     seen_keys = []
 
-    def drop_first_client(outputs, key):
+    def drop_first_client(outputs, state, cohort, key):
       seen_keys.append(key)
+      self.assertEqual(state.round.shape, ())
+      self.assertIn('num_examples', cohort.client_info())
       return outputs._replace(weight=outputs.weight.at[0].set(0.))
 
     def count(outputs, aggregate, state):

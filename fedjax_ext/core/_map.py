@@ -20,9 +20,13 @@ Strategies:
     clients with the ``inner`` strategy. Works across hosts: the mesh may
     span every process of a `jax.distributed` job.
   * ``'auto'``: see `resolve_strategy`.
+
+The choice is made once per run as an `Execution` policy (strategy, chunk
+size, unroll of the local-step loop, mesh) that builders, stages and
+`map_clients` all take as one argument.
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -33,6 +37,54 @@ STRATEGIES = ('auto', 'vmap', 'sequential', 'unrolled', 'chunked', 'sharded')
 CLIENT_AXIS = 'clients'
 # Above this many broadcast parameters `auto` stops vmapping on CPU.
 CPU_VMAP_MAX_PARAMS = 100_000
+
+
+class Execution(NamedTuple):
+  """How a run maps its clients and runs their local steps; set once.
+
+  Every builder, stage and `map_clients` takes this one value instead of
+  separate strategy / chunk-size / unroll arguments.
+  """
+  strategy: str = 'auto'  # One of `STRATEGIES`.
+  chunk_size: int | None = None  # Clients per chunk for 'chunked'.
+  # Unroll of a client's local-step `lax.scan`: an int, True (all steps) or
+  # 'auto' (`local_steps_unroll`).
+  unroll: int | bool | str = 'auto'
+  mesh: jax.sharding.Mesh | None = None  # For 'sharded'; default all devices.
+  inner: str = 'auto'  # How each device maps its own clients when sharded.
+
+
+def as_execution(execution: 'Execution | str | None') -> Execution:
+  """`execution` as a validated `Execution` (a string names the strategy).
+
+  Raises:
+    ValueError: naming the bad field and its allowed values.
+  """
+  if execution is None:
+    execution = Execution()
+  elif isinstance(execution, str):
+    execution = Execution(strategy=execution)
+  elif not isinstance(execution, Execution):
+    raise TypeError('execution must be a core.Execution or a strategy name, '
+                    f'got {type(execution).__name__}.')
+  if execution.strategy not in STRATEGIES:
+    raise ValueError(
+        f'Unknown client execution strategy {execution.strategy!r}; valid '
+        f'choices: {", ".join(STRATEGIES)}.')
+  if execution.inner not in STRATEGIES or execution.inner == 'sharded':
+    raise ValueError(f'Execution.inner must be one of '
+                     f'{", ".join(s for s in STRATEGIES if s != "sharded")}, '
+                     f'got {execution.inner!r}.')
+  if execution.strategy == 'chunked' and (
+      not isinstance(execution.chunk_size, int) or execution.chunk_size < 1):
+    raise ValueError("strategy 'chunked' needs a positive integer "
+                     f'Execution.chunk_size, got {execution.chunk_size!r}.')
+  unroll = execution.unroll
+  if not (unroll == 'auto' or isinstance(unroll, bool)
+          or (isinstance(unroll, int) and unroll >= 1)):
+    raise ValueError("Execution.unroll must be 'auto', a bool or an integer "
+                     f'>= 1, got {unroll!r}.')
+  return execution
 
 
 def resolve_strategy(strategy: str, broadcast_args: Sequence[PyTree] = (),
@@ -99,10 +151,7 @@ def _stack(outputs: list[Any]) -> Any:
 
 def map_clients(fn: Callable[..., Any], *args: PyTree,
                 in_axes: Sequence[int | None] | None = None,
-                strategy: str = 'auto',
-                chunk_size: int | None = None,
-                mesh: jax.sharding.Mesh | None = None,
-                inner: str = 'auto') -> Any:
+                execution: Execution | str | None = None) -> Any:
   """Maps a one-client function over the leading client axis of its inputs.
 
   Args:
@@ -110,11 +159,10 @@ def map_clients(fn: Callable[..., Any], *args: PyTree,
     *args: pytrees; those mapped (``in_axes`` 0) have a leading [C] axis,
       those broadcast (``in_axes`` None) are shared by every client.
     in_axes: 0 or None per argument; default: all mapped.
-    strategy: one of `STRATEGIES`.
-    chunk_size: clients per vectorized chunk for ``'chunked'``.
-    mesh: for ``'sharded'``, a mesh with a ``'clients'`` axis (default:
-      `client_mesh()` over all devices). C must be a multiple of its size.
-    inner: how each device maps its own clients under ``'sharded'``.
+    execution: the run's `Execution` policy, or a strategy name. For
+      ``'sharded'`` the mesh needs a ``'clients'`` axis (default:
+      `client_mesh()` over all devices) and C must be a multiple of its
+      size; ``inner`` maps each device's own clients.
 
   Returns:
     `fn`'s output for every client, stacked along a leading [C] axis.
@@ -124,11 +172,11 @@ def map_clients(fn: Callable[..., Any], *args: PyTree,
   if len(in_axes) != len(args):
     raise ValueError(f'in_axes has {len(in_axes)} entries for {len(args)} '
                      'arguments.')
+  execution = as_execution(execution)
   broadcast = [a for a, ax in zip(args, in_axes) if ax is None]
-  strategy = resolve_strategy(strategy, broadcast)
+  strategy = resolve_strategy(execution.strategy, broadcast)
   if strategy == 'sharded':
-    return _map_sharded(fn, args, in_axes, mesh or client_mesh(), inner,
-                        chunk_size)
+    return _map_sharded(fn, args, in_axes, execution)
   if strategy == 'vmap':
     return jax.vmap(fn, in_axes=tuple(in_axes))(*args)
 
@@ -145,14 +193,13 @@ def map_clients(fn: Callable[..., Any], *args: PyTree,
                    for i in range(num_clients)])
   if strategy == 'sequential':
     return jax.lax.map(one_client, mapped)
-  if chunk_size is None or chunk_size < 1:
-    raise ValueError("strategy 'chunked' needs a positive chunk_size, got "
-                     f'{chunk_size!r}.')
-  return jax.lax.map(one_client, mapped, batch_size=chunk_size)
+  return jax.lax.map(one_client, mapped, batch_size=execution.chunk_size)
 
 
-def _map_sharded(fn, args, in_axes, mesh, inner, chunk_size):
-  """Each device of ``mesh`` maps its block of clients with ``inner``."""
+def _map_sharded(fn, args, in_axes, execution):
+  """Each device of the mesh maps its block of clients with ``inner``."""
+  mesh = execution.mesh or client_mesh()
+  inner = execution.inner
   num_shards = mesh.shape[CLIENT_AXIS]
   num_clients = jax.tree.leaves(
       [a for a, ax in zip(args, in_axes) if ax == 0])[0].shape[0]
@@ -166,12 +213,11 @@ def _map_sharded(fn, args, in_axes, mesh, inner, chunk_size):
   if inner == 'auto':
     inner = resolve_single_device(
         [a for a, ax in zip(args, in_axes) if ax is None])
-  if inner == 'sharded':
-    raise ValueError("inner strategy cannot be 'sharded'.")
 
   def per_shard(*shard_args):
-    return map_clients(fn, *shard_args, in_axes=in_axes, strategy=inner,
-                       chunk_size=chunk_size)
+    return map_clients(fn, *shard_args, in_axes=in_axes,
+                       execution=execution._replace(strategy=inner,
+                                                    mesh=None))
 
   return jax.shard_map(per_shard, mesh=mesh, in_specs=in_specs,
                        out_specs=spec(CLIENT_AXIS), check_vma=False)(*args)

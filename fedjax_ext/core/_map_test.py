@@ -25,8 +25,8 @@ class MapClientsTest(parameterized.TestCase):
                      jnp.float32)
     keys = jax.random.split(jax.random.key(1), 5)
     out = jax.jit(lambda s, x, k: core.map_clients(
-        one_client, s, x, k, in_axes=(None, 0, 0), strategy=strategy,
-        chunk_size=2))(shared, xs, keys)
+        one_client, s, x, k, in_axes=(None, 0, 0),
+        execution=core.Execution(strategy, chunk_size=2)))(shared, xs, keys)
     expected = [one_client(shared, xs[i], keys[i]) for i in range(5)]
     expected = jax.tree.map(lambda *v: jnp.stack(v), *expected)
     test_utils.assert_trees_all_close(out, expected, atol=1e-5)
@@ -53,14 +53,17 @@ class MapClientsTest(parameterized.TestCase):
     mesh = core.client_mesh(jax.devices()[:1] * 1)
     self.assertEqual(mesh.shape[core.CLIENT_AXIS], 1)
     out = core.map_clients(lambda x: 2 * x, jnp.arange(3.),
-                           strategy='sharded', mesh=mesh, inner='sequential')
+                           execution=core.Execution(
+                               'sharded', mesh=mesh, inner='sequential'))
     np.testing.assert_array_equal(out, [0., 2., 4.])
 
   def test_errors(self):
     with self.assertRaisesRegex(ValueError, 'auto, vmap, sequential'):
       core.resolve_strategy('pmap')
     with self.assertRaisesRegex(ValueError, 'chunk_size'):
-      core.map_clients(lambda x: x, jnp.zeros((2,)), strategy='chunked')
+      core.map_clients(lambda x: x, jnp.zeros((2,)), execution='chunked')
+    with self.assertRaisesRegex(ValueError, 'unroll'):
+      core.as_execution(core.Execution(unroll=0))
 
 
 class TreeTest(absltest.TestCase):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_ext.core._algorithm import Cohort
+from fedjax_ext.core._structures import Cohort
 
 
 def linear_loss(params, batch, key):

@@ -10,8 +10,6 @@ from fedjax_ext.drift._metrics import normalized_weights
 from fedjax_ext.drift._metrics import UPDATE_METRICS
 from fedjax_ext.drift._metrics import update_metrics
 from fedjax_ext.drift._round import client_gradient_stats
-from fedjax_ext.drift._round import drift_aggregator
 from fedjax_ext.drift._round import drift_metrics
-from fedjax_ext.drift._round import DriftAggregatorState
 from fedjax_ext.drift._round import GradientStats
 from fedjax_ext.drift._round import instrument

@@ -1,15 +1,15 @@
 r"""Drift measured inside the jitted round, for any `FederatedAlgorithm`.
 
-Three composable pieces:
+Two composable pieces:
 
-* `drift_metrics()`: a function with the signature of the ``extra_metrics``
-  hook of `core.federated_algorithm`, ``(outputs, aggregate, state) ->
-  metrics``, that computes `update_metrics` from the stacked client updates.
-* `drift_aggregator(inner)`: the same metrics for builders that accept an
-  ``aggregator=`` but expose no ``extra_metrics=`` hook (today
-  `algorithms.fed_avg` and `algorithms.scaffold`): it aggregates with
-  `inner` and keeps the round's update metrics in its state, where
-  `instrument` reads them.
+* `drift_metrics(select=None)`: the ``extra_metrics`` hook of
+  `core.federated_algorithm`, ``(outputs, aggregate, state) -> metrics``,
+  computing `update_metrics` from the stacked client updates and their
+  aggregation weights (after the round's weighting stage). Every builder
+  (`algorithms.fed_avg`, `algorithms.scaffold`,
+  `algorithms.create_algorithm`) forwards ``extra_metrics=`` to the round,
+  so the metrics are computed where the updates are and are never stored
+  in any state.
 * `instrument(algorithm, loss_fn, ...)`: wraps ``apply`` so that the same
   jitted round also maps `client_gradient_stats` over the cohort at the
   global model (gradient dissimilarity, gradient noise) and logs the drift
@@ -36,6 +36,8 @@ from fedjax_ext import core
 from fedjax_ext.core import Metrics, Params, PRNGKey, PyTree
 from fedjax_ext.drift import _metrics
 
+SelectFn = Callable[[PyTree], PyTree]
+
 
 class GradientStats(NamedTuple):
   """One client's gradient statistics at the global model."""
@@ -46,7 +48,7 @@ class GradientStats(NamedTuple):
 
 
 def client_gradient_stats(loss_fn: clients.LossFn, *,
-                          select: Callable[[PyTree], PyTree] | None = None):
+                          select: SelectFn | None = None):
   r"""``fn(params, batches [S, B, ...], key) -> GradientStats`` of ONE client.
 
   With per-batch gradients :math:`g_s` of the masked-mean loss and the real
@@ -56,8 +58,8 @@ def client_gradient_stats(loss_fn: clients.LossFn, *,
   :math:`\sigma_i^2 = \sum_{s \in A} \|g_s - g_i\|^2 / (|A| - 1)` over its
   active batches A (0 when |A| < 2) estimates the variance of one local SGD
   step's gradient at the global model. Batch s uses ``fold_in(key, s)`` as
-  `clients.train_locally` does. `select` (see `drift_aggregator`) keeps
-  part of each gradient before any statistic is taken.
+  `clients.train_locally` does. `select` (see `drift_metrics`) keeps part
+  of each gradient before any statistic is taken.
   """
 
   def stats_fn(params: Params, batches: dict[str, jax.Array],
@@ -88,117 +90,115 @@ def client_gradient_stats(loss_fn: clients.LossFn, *,
   return stats_fn
 
 
-def drift_metrics():
+def drift_metrics(select: SelectFn | None = None) -> core.ExtraMetricsFn:
   """The ``extra_metrics`` hook of `core.federated_algorithm` for drift.
+
+  Pass it to any builder (``algorithms.fed_avg(..., extra_metrics=
+  drift.drift_metrics())``, `algorithms.scaffold`,
+  `algorithms.create_algorithm`) or to `core.federated_algorithm`.
+
+  Args:
+    select: optional ``fn(params_like) -> subtree`` restricting the metrics
+      to part of the parameters (e.g. `isr.backbone`, so that runs with and
+      without auxiliary heads measure drift in the same space). It is
+      applied to the stacked updates [C, ...], which have the params' tree
+      structure.
 
   Returns:
     ``fn(outputs, aggregate, state) -> metrics``: `update_metrics` of the
-    stacked ``outputs.update`` with ``outputs.weight``.
+    stacked ``outputs.update`` (the part `select` keeps) with
+    ``outputs.weight``, the aggregation weights the round's weighting stage
+    set. Nothing is stored.
 
   Examples:
     >>> import optax
-    >>> from fedjax_ext import aggregators, clients, core, drift
+    >>> from fedjax_ext import algorithms, drift
     >>> loss = lambda p, b, k: ((p['w'] * b['mask']).sum(), {'accuracy': 0.})
-    >>> algorithm = core.federated_algorithm(
-    ...     clients.local_sgd(loss, optax.sgd(0.1)),
-    ...     aggregators.weighted_mean(), optax.sgd(1.0),
+    >>> algorithm = algorithms.fed_avg(
+    ...     loss, optax.sgd(0.1), optax.sgd(1.0),
     ...     extra_metrics=drift.drift_metrics())
   """
 
   def metrics_fn(outputs: core.ClientOutput, aggregate: PyTree,
                  state: core.ServerState) -> Metrics:
     del aggregate, state
-    return _metrics.update_metrics(outputs.update, outputs.weight)
+    updates = outputs.update if select is None else select(outputs.update)
+    return _metrics.update_metrics(updates, outputs.weight)
 
   return metrics_fn
 
 
-class DriftAggregatorState(NamedTuple):
-  """`drift_aggregator`'s state: the inner state and last round's metrics."""
-  inner: PyTree  # The wrapped aggregator's state.
-  metrics: Metrics  # float32 scalars named `UPDATE_METRICS`.
+def _client_weights(stats: GradientStats, cohort: core.Cohort,
+                   weighting: str = 'num_examples') -> jax.Array:
+  r"""The drift weights :math:`w_i` [C], as the round's weighting sets them.
 
+  Mirrors `core.weigh_clients` so that :math:`p_i = w_i / \sum_j w_j` in
+  :math:`\zeta^2` and the bound are the weights of the measured drift
+  (`drift_metrics` reads the round's ``outputs.weight``): a client whose
+  batches hold no real example gets 0, the others get
 
-def drift_aggregator(inner: core.Aggregator, *,
-                     select: Callable[[PyTree], PyTree] | None = None
-                     ) -> core.Aggregator:
-  """Aggregates with `inner`, recording `update_metrics` in its state.
-
-  Args:
-    inner: the aggregator that makes the round's aggregate.
-    select: optional ``fn(params_like) -> subtree`` restricting the metrics
-      to part of the parameters (e.g. `isr.backbone`, so that runs with and
-      without auxiliary heads measure drift in the same space).
-
-  Returns:
-    An `Aggregator` whose state is a `DriftAggregatorState`; `instrument`
-    copies ``state.metrics`` into the round's metrics.
+  * ``'num_examples'``: :math:`n_k`, ``cohort.num_examples``;
+  * ``'examples_processed'``: the real examples in its batches;
+  * ``'uniform'``: 1.
   """
-
-  def init_fn(params: Params) -> DriftAggregatorState:
-    zeros = {name: jnp.zeros((), jnp.float32)
-             for name in _metrics.UPDATE_METRICS}
-    return DriftAggregatorState(inner.init(params), zeros)
-
-  def update_fn(client_updates, state, params=None, *, weights,
-                **extra_args):
-    aggregate, inner_state = inner.update(client_updates, state.inner,
-                                          params, weights=weights,
-                                          **extra_args)
-    measured = client_updates if select is None else select(client_updates)
-    return aggregate, DriftAggregatorState(
-        inner_state, _metrics.update_metrics(measured, weights))
-
-  return core.Aggregator(init_fn, update_fn)
+  core.check_weighting(weighting)
+  processed = stats.num_examples
+  if weighting == 'examples_processed':
+    return processed
+  value = (jnp.asarray(cohort.num_examples, jnp.float32)
+           if weighting == 'num_examples' else jnp.ones_like(processed))
+  return jnp.where(processed > 0, value, 0.).astype(jnp.float32)
 
 
 def instrument(algorithm: core.FederatedAlgorithm, loss_fn: clients.LossFn,
-               *, learning_rate: float, weighting: str = 'examples',
-               select: Callable[[PyTree], PyTree] | None = None,
-               execution: str = 'auto',
-               chunk_size: int | None = None) -> core.FederatedAlgorithm:
+               *, learning_rate: float, weighting: str = 'num_examples',
+               select: SelectFn | None = None,
+               execution: core.Execution | str | None = None
+               ) -> core.FederatedAlgorithm:
   r"""Adds gradient dissimilarity and the drift bound to every round.
 
   Before the wrapped round, `client_gradient_stats` runs over the cohort at
   ``state.params`` (the global model the clients start from) with the
-  clients' own keys; the round's metrics gain 'zeta_sq',
-  'b_dissimilarity_sq', 'grad_sq_norm', 'noise_var'
+  clients' own keys (`core.client_keys`); the round's metrics gain
+  'zeta_sq', 'b_dissimilarity_sq', 'grad_sq_norm', 'noise_var'
   (:math:`\sum_i p_i\sigma_i^2`) and 'drift_bound' (`drift_bound`). When
-  the round also reports 'drift_sq_dist' (from `drift_metrics` or a
-  `drift_aggregator`), 'drift_bound_ratio' = measured / bound is added.
+  the round also reports 'drift_sq_dist' (build it with
+  ``extra_metrics=drift_metrics(...)``), 'drift_bound_ratio' = measured /
+  bound is added. Nothing is read from or written to the state.
 
   Args:
     algorithm: any `core.FederatedAlgorithm` whose ``state.params`` is the
-      model the clients start from.
+      model the clients start from and whose ``apply`` takes a
+      `core.Cohort`.
     loss_fn: the clients' local loss (with ISR, the ISR loss).
     learning_rate: the clients' local SGD step :math:`\eta`.
-    weighting: ``'examples'`` (p_i proportional to the real examples in a
-      client's batches, FedAvg's default weights) or ``'uniform'``.
+    weighting: the round's weighting (`core.WEIGHTINGS`; pass the one the
+      algorithm was built with): :math:`p_i \propto n_k` for
+      ``'num_examples'`` (the default of every builder), the real examples
+      in the batches for ``'examples_processed'``, equal for
+      ``'uniform'``.
     select: optional ``fn(params_like) -> subtree``: gradients (and so
-      :math:`\zeta^2`, :math:`\sigma^2` and the bound) of that part only,
-      as in `drift_aggregator`.
-    execution, chunk_size: how the gradient pass maps clients
-      (`core.map_clients`).
+      :math:`\zeta^2`, :math:`\sigma^2` and the bound) of that part only;
+      pass the same `select` to `drift_metrics`.
+    execution: the run's `core.Execution` policy, for mapping the gradient
+      pass over the clients (`core.map_clients`).
 
   Returns:
-    The same algorithm with the extra metrics.
+    The same algorithm (``init``, ``init_client_state``, ``model_params``)
+    whose ``apply`` adds the metrics.
   """
-  clients.check_weighting(weighting)
+  core.check_weighting(weighting)
+  execution = core.as_execution(execution)
   stats_fn = client_gradient_stats(loss_fn, select=select)
 
   def apply(state, client_store, cohort, key):
     keys = core.client_keys(key, state.round, cohort.client_ids)
     stats = core.map_clients(stats_fn, state.params, cohort.batches, keys,
-                             in_axes=(None, 0, 0), strategy=execution,
-                             chunk_size=chunk_size)
+                             in_axes=(None, 0, 0), execution=execution)
     new_state, client_store, metrics = algorithm.apply(
         state, client_store, cohort, key)
     metrics = dict(metrics)
-    if isinstance(new_state.aggregator_state, DriftAggregatorState):
-      metrics.update(new_state.aggregator_state.metrics)
-    weights = stats.num_examples
-    if weighting == 'uniform':
-      weights = (weights > 0).astype(jnp.float32)
+    weights = _client_weights(stats, cohort, weighting)
     metrics.update(_metrics.gradient_dissimilarity(stats.grad, weights))
     grad_sq = jnp.sum(jnp.square(_metrics.flatten_clients(stats.grad)),
                       axis=1)
@@ -212,5 +212,4 @@ def instrument(algorithm: core.FederatedAlgorithm, loss_fn: clients.LossFn,
           bound, 1e-30)
     return new_state, client_store, metrics
 
-  return core.FederatedAlgorithm(algorithm.init,
-                                 algorithm.init_client_state, apply)
+  return algorithm._replace(apply=apply)

@@ -48,8 +48,15 @@ def quadratic_cohort(num_clients, num_steps, batch_size, *, noise, seed=0,
 def instrumented_fedavg(lr, **kw):
   algorithm = algorithms.fed_avg(
       quadratic_loss, optax.sgd(lr), optax.sgd(1.0),
-      aggregator=drift.drift_aggregator(aggregators.weighted_mean()), **kw)
-  return drift.instrument(algorithm, quadratic_loss, learning_rate=lr)
+      extra_metrics=drift.drift_metrics(), **kw)
+  return drift.instrument(algorithm, quadratic_loss, learning_rate=lr,
+                          weighting=kw.get('weighting', 'num_examples'))
+
+
+def split_loss(params, batch, key):
+  """`quadratic_loss` on 'w' plus an unrelated head 'aux' pulled to 1."""
+  loss, metrics = quadratic_loss(params, batch, key)
+  return loss + 0.5 * jnp.sum(jnp.square(params['aux'] - 1.)), metrics
 
 
 class QuadraticDriftTest(absltest.TestCase):
@@ -106,20 +113,115 @@ class QuadraticDriftTest(absltest.TestCase):
     self.assertAlmostEqual(float(m['b_dissimilarity_sq']), 1., places=5)
     self.assertGreater(float(m['drift_sq_dist']), 0.)
 
-  def test_hook_and_aggregator_routes_agree(self):
+  def test_public_builders_forward_the_drift_hook(self):
+    # The old bug: fed_avg dropped extra_metrics. In round 1 (zero SCAFFOLD
+    # controls, server optimizer after aggregation) every builder's client
+    # updates are FedAvg's, so the drift metrics agree with the raw hook.
+    lr = 0.05
     cohort = quadratic_cohort(4, 3, 5, noise=1., seed=3)
     params = {'w': jnp.zeros(DIM)}
+    hook = drift.drift_metrics()
     hooked = core.federated_algorithm(
-        clients.local_sgd(quadratic_loss, optax.sgd(0.05)),
-        aggregators.weighted_mean(), optax.sgd(1.0),
-        extra_metrics=drift.drift_metrics())
-    _, _, a = jax.jit(hooked.apply)(hooked.init(params), (), cohort, KEY)
-    wrapped = instrumented_fedavg(0.05)
-    state, _, b = jax.jit(wrapped.apply)(wrapped.init(params), (), cohort,
+        clients.local_sgd(quadratic_loss, optax.sgd(lr)),
+        aggregators.weighted_mean(), optax.sgd(1.0), extra_metrics=hook)
+    built = {
+        'core': hooked,
+        'fed_avg': algorithms.fed_avg(quadratic_loss, optax.sgd(lr),
+                                      optax.sgd(1.0), extra_metrics=hook),
+        'fedadam': algorithms.create_algorithm(
+            'fedadam', quadratic_loss, client_learning_rate=lr,
+            server_learning_rate=0.1, num_clients=4, extra_metrics=hook),
+        'scaffold': algorithms.scaffold(quadratic_loss, lr, optax.sgd(1.0),
+                                        num_clients=4, extra_metrics=hook),
+        'by_name_scaffold': algorithms.create_algorithm(
+            'scaffold', quadratic_loss, client_learning_rate=lr,
+            server_learning_rate=1., num_clients=4, extra_metrics=hook),
+    }
+    results = {}
+    for name, algorithm in built.items():
+      algorithm = drift.instrument(algorithm, quadratic_loss,
+                                   learning_rate=lr)
+      state = algorithm.init(params)
+      store = core.tree_broadcast(algorithm.init_client_state(params), 4)
+      state, _, m = jax.jit(algorithm.apply)(state, store, cohort, KEY)
+      for metric in drift.UPDATE_METRICS + ('zeta_sq', 'drift_bound',
+                                            'drift_bound_ratio'):
+        self.assertIn(metric, m, name)
+      # Metrics never live in state.
+      self.assertEqual(jax.tree.leaves(state.aggregator_state), [], name)
+      results[name] = m
+    for name, m in results.items():
+      for metric in drift.UPDATE_METRICS + ('zeta_sq', 'drift_bound'):
+        self.assertAlmostEqual(float(m[metric]),
+                               float(results['core'][metric]), places=5,
+                               msg=f'{name} {metric}')
+
+  def test_instrument_weights_clients_as_the_round_does(self):
+    lr, steps = 0.05, 4
+    cohort = quadratic_cohort(3, steps, 3, noise=0.5, seed=5)
+    mask = cohort.batches['mask'].copy()
+    mask[1, 2:] = 0.  # Client 1 processes half its batches' examples.
+    mask[2] = 0.  # Client 2 holds nothing: weight 0 under every weighting.
+    cohort = cohort._replace(
+        batches={**cohort.batches, 'mask': mask},
+        num_examples=np.array([7., 40., 9.], np.float32))
+    params = {'w': jnp.zeros(DIM)}
+    x = cohort.batches['x'].astype(np.float64)
+    real = mask[..., None].astype(np.float64)
+    g = -(x * real).sum((1, 2)) / np.maximum(real.sum((1, 2)), 1.)  # at 0
+    expected_w = {'num_examples': [7., 40., 0.],
+                  'examples_processed': [12., 6., 0.],
+                  'uniform': [1., 1., 0.]}
+    for weighting, w in expected_w.items():
+      algorithm = instrumented_fedavg(lr, weighting=weighting)
+      _, _, m = jax.jit(algorithm.apply)(algorithm.init(params), (), cohort,
                                          KEY)
-    for name in drift.UPDATE_METRICS:
-      self.assertAlmostEqual(float(a[name]), float(b[name]), places=5)
-    self.assertIsInstance(state.aggregator_state, drift.DriftAggregatorState)
+      p = np.asarray(w) / np.sum(w)
+      mean = p @ g
+      zeta = p @ ((g - mean) ** 2).sum(1)
+      self.assertAlmostEqual(float(m['zeta_sq']), zeta, places=4,
+                             msg=weighting)
+      self.assertAlmostEqual(float(m['grad_sq_norm']), (mean ** 2).sum(),
+                             places=4, msg=weighting)
+      # The measured drift uses the round's weights: the same p.
+      self.assertAlmostEqual(float(m['cohort_weight']), np.sum(w),
+                             places=4, msg=weighting)
+    with self.assertRaisesRegex(ValueError, 'examples_processed'):
+      drift.instrument(instrumented_fedavg(lr), quadratic_loss,
+                       learning_rate=lr, weighting='examples')
+
+  def test_select_measures_only_part_of_the_params(self):
+    lr = 0.05
+    cohort = quadratic_cohort(3, 3, 4, noise=1., seed=6)
+    select = lambda tree: {'w': tree['w']}
+    runs = []
+    for loss_fn, params, sel in (
+        (quadratic_loss, {'w': jnp.zeros(DIM)}, None),
+        (split_loss, {'w': jnp.zeros(DIM), 'aux': jnp.zeros(2)}, select)):
+      algorithm = drift.instrument(
+          algorithms.fed_avg(loss_fn, optax.sgd(lr), optax.sgd(1.0),
+                             extra_metrics=drift.drift_metrics(select=sel)),
+          loss_fn, learning_rate=lr, select=sel,
+          execution=core.Execution(strategy='sequential'))
+      _, _, m = jax.jit(algorithm.apply)(algorithm.init(params), (), cohort,
+                                         KEY)
+      runs.append(m)
+    for metric in drift.UPDATE_METRICS + ('zeta_sq', 'noise_var',
+                                          'drift_bound', 'drift_bound_ratio'):
+      self.assertAlmostEqual(float(runs[0][metric]), float(runs[1][metric]),
+                             places=5, msg=metric)
+
+  def test_instrument_keeps_the_algorithm_but_apply(self):
+    base = algorithms.fed_avg(quadratic_loss, optax.sgd(0.1), optax.sgd(1.0))
+    wrapped = drift.instrument(base, quadratic_loss, learning_rate=0.1)
+    self.assertIs(wrapped.init, base.init)
+    self.assertIs(wrapped.init_client_state, base.init_client_state)
+    self.assertIs(wrapped.model_params, base.model_params)
+    cohort = quadratic_cohort(2, 2, 3, noise=1.)
+    _, _, m = jax.jit(wrapped.apply)(wrapped.init({'w': jnp.zeros(DIM)}), (),
+                                     cohort, KEY)
+    self.assertIn('drift_bound', m)
+    self.assertNotIn('drift_bound_ratio', m)  # No drift_metrics hook.
 
   def test_gradient_stats_of_one_client(self):
     cohort = quadratic_cohort(1, 3, 2, noise=1., seed=4)

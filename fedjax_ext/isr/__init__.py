@@ -14,6 +14,8 @@ from fedjax_ext.isr._loss import negative_entropy
 from fedjax_ext.isr._loss import pool
 from fedjax_ext.isr._loss import predict_fn
 from fedjax_ext.isr._modes import centralized
+from fedjax_ext.isr._modes import CLOUD_SEED_OFFSET
 from fedjax_ext.isr._modes import hybrid
-from fedjax_ext.isr._modes import HybridAlgorithm
+from fedjax_ext.isr._modes import hybrid_cohort
+from fedjax_ext.isr._modes import HybridCohort
 from fedjax_ext.isr._modes import pooled_cohort

@@ -42,8 +42,26 @@ class ExperimentConfig:
   server_lr: float = 1.0
   server_momentum: float = 0.9
   prox_mu: float = 0.01
-  weighting: str = 'examples'
+  # Aggregation weight: 'num_examples' (dataset size n_k, as McMahan et
+  # al. and FedJAX), 'examples_processed' or 'uniform'.
+  weighting: str = 'num_examples'
   execution: str = 'auto'
+  # Composition: every transform of the library by name (training._compose).
+  aggregator: str = 'mean'
+  cc_radius: float = 1.0
+  byzantine_fraction: float = 0.0
+  attack: str = 'none'
+  alie_z: float | None = None  # None: Baruch et al.'s z_max.
+  ipm_epsilon: float = 0.1
+  gaussian_scale: float = 1.0
+  worker_momentum: float = 0.0  # 0: none.
+  client_optimizer: str = 'sgd'  # Or a ZO optimizer: mezo, curvzo, ...
+  zo_upload: str = 'delta'
+  zo_budget: float = 0.4
+  isr_points: tuple[str, ...] = ()  # Model submodules with ISR heads.
+  isr_mi_weight: float = 0.3
+  isr_ne_weight: float = 0.05
+  drift_metrics: bool = False
   # Cohorts draw C / G clients from each of G groups (client_id % G);
   # 0: one group per process (see data.sample_clients).
   sampling_groups: int = 0
@@ -61,8 +79,12 @@ class ExperimentConfig:
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> 'ExperimentConfig':
     values = dict(values)
-    if 'hidden_sizes' in values:
-      values['hidden_sizes'] = tuple(values['hidden_sizes'])
+    for key in ('hidden_sizes', 'isr_points'):
+      if key in values:
+        values[key] = tuple(values[key])
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise ConfigError(f'unknown config keys: {", ".join(unknown)}.')
     return cls(**values)
 
 
@@ -89,7 +111,11 @@ def _finite(x: float) -> bool:
 def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
              models: tuple[str, ...], algorithms: tuple[str, ...],
              partitions: tuple[str, ...], strategies: tuple[str, ...],
-             weightings: tuple[str, ...]) -> None:
+             weightings: tuple[str, ...],
+             aggregators: tuple[str, ...] = ('mean',),
+             attacks: tuple[str, ...] = ('none',),
+             client_optimizers: tuple[str, ...] = ('sgd',),
+             zo_uploads: tuple[str, ...] = ('delta',)) -> None:
   """Raises `ConfigError` for the first bad value, naming its flag."""
   c = config
   _choice(c.dataset.split('/')[0], 'dataset', datasets)
@@ -98,6 +124,26 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
   _choice(c.partition, 'partition', partitions)
   _choice(c.execution, 'execution', strategies)
   _choice(c.weighting, 'weighting', weightings)
+  _choice(c.aggregator, 'aggregator', aggregators)
+  _choice(c.attack, 'attack', attacks)
+  _choice(c.client_optimizer, 'client_optimizer', client_optimizers)
+  _choice(c.zo_upload, 'zo_upload', zo_uploads)
+  _require(_finite(c.byzantine_fraction) and 0 <= c.byzantine_fraction < 0.5,
+           'byzantine_fraction', 'in [0, 0.5)', c.byzantine_fraction)
+  _require(_finite(c.worker_momentum) and 0 <= c.worker_momentum < 1,
+           'worker_momentum', 'in [0, 1) (0: none)', c.worker_momentum)
+  _require(_finite(c.zo_budget) and 0 < c.zo_budget <= 1, 'zo_budget',
+           'in (0, 1]', c.zo_budget)
+  for flag in ('cc_radius', 'ipm_epsilon', 'gaussian_scale'):
+    value = getattr(c, flag)
+    _require(_finite(value) and value > 0, flag, 'a finite number > 0',
+             value)
+  _require(c.alie_z is None or (_finite(c.alie_z) and c.alie_z > 0),
+           'alie_z', 'a finite number > 0 (unset: z_max)', c.alie_z)
+  for flag in ('isr_mi_weight', 'isr_ne_weight'):
+    value = getattr(c, flag)
+    _require(_finite(value) and value >= 0, flag, 'a finite number >= 0',
+             value)
   for flag in ('rounds', 'clients_per_round', 'batch_size', 'eval_every',
                'checkpoint_every', 'eval_batch_size', 'classes_per_client'):
     value = getattr(c, flag)

@@ -83,3 +83,40 @@ def make_evaluate_fn(predict: Callable[[Params, jax.Array], jax.Array]):
     return metrics
 
   return evaluate
+
+
+def classification_evaluator(predict: Callable[[Params, jax.Array], jax.Array],
+                             examples: Examples, *, batch_size: int,
+                             name: str = 'test',
+                             client_of_example: np.ndarray | None = None,
+                             num_clients: int = 0):
+  """An evaluator for `training.run_rounds` of a classifier's model.
+
+  Args:
+    predict: ``fn(params, x) -> logits`` (`clients.predict_fn`).
+    examples: columns 'x' and 'y', put on the device once.
+    batch_size: evaluation batch size.
+    name: prefix of the metrics: ``{name}_accuracy``, ``{name}_loss``.
+    client_of_example: optional client of each example (clients'
+      held-out data); then the metrics are ``client_accuracy_mean`` and
+      ``client_accuracy_p10`` over clients instead.
+    num_clients: number of clients for `client_of_example`.
+
+  Returns:
+    ``fn(params, state, client_store) -> metrics``.
+  """
+  evaluate = make_evaluate_fn(predict)
+  eval_set = make_eval_set(examples, batch_size=batch_size,
+                           segment_ids=client_of_example,
+                           num_segments=num_clients)
+
+  def evaluator(params, state=None, client_store=None):
+    del state, client_store
+    metrics = evaluate(params, eval_set)
+    if client_of_example is not None:
+      return {'client_accuracy_mean': metrics['client_accuracy_mean'],
+              'client_accuracy_p10': metrics['client_accuracy_p10']}
+    return {f'{name}_accuracy': metrics['accuracy'],
+            f'{name}_loss': metrics['loss']}
+
+  return evaluator

@@ -1,22 +1,19 @@
-"""The experiment loop: data, model and algorithm from a config; rounds,
-evaluation, metrics.jsonl, plots and orbax checkpoints.
+"""`run_experiment(config)`: a federated run from an `ExperimentConfig`.
 
-`run_experiment(config)` is what `python -m experiments.train` calls; tests
-call it directly. The round itself is one jitted pure function
-(`core.FederatedAlgorithm.apply`); everything here is host-side plumbing:
-
-* clients and batch order come from (seed, round) (`data.sample_clients`,
-  `data.pack_cohort`), and round keys from ``fold_in(key(seed), round)``,
-  so 10 rounds straight and 5 + resume to 10 give the same parameters;
-* every round's training loss and parameters are checked for finiteness
-  before anything is evaluated or saved; a non-finite round stops the run
-  with its number and leaves the last good checkpoint as it was.
+What `python -m experiments.train` calls; tests call it directly. It loads
+and splits the data (`load_federation`), builds the model and the
+algorithm the config names (`build_model_and_algorithm`: the named
+algorithm with its aggregator, attack, drift metrics and execution policy
+composed in), and hands both to the one experiment loop,
+`training.run_rounds`, which owns rounds, evaluation, outputs, checkpoints
+and resume. Clients and batch order come from (seed, round)
+(`data.sample_clients`, `data.pack_cohort`), so 10 rounds straight and
+5 + resume to 10 give the same parameters.
 """
 
 import dataclasses
 import json
 import os
-import statistics
 import time
 from typing import Callable, NamedTuple
 
@@ -24,26 +21,21 @@ import jax
 import numpy as np
 
 from fedjax_ext import algorithms
+from fedjax_ext import byzantine
 from fedjax_ext import clients
 from fedjax_ext import core
 from fedjax_ext import data
+from fedjax_ext import isr
 from fedjax_ext import models
+from fedjax_ext import zo
+from fedjax_ext.training import _compose
 from fedjax_ext.training import _config
 from fedjax_ext.training import _distributed
 from fedjax_ext.training import _evaluation
-from fedjax_ext.training import _plots
-from fedjax_ext.training import _prefetch
-from fedjax_ext.training._checkpoint import Checkpointer
+from fedjax_ext.training import _runner
 from fedjax_ext.training._config import ConfigError, ExperimentConfig
 
 DEFAULT_NUM_CLIENTS = 20
-METRICS_FILE = 'metrics.jsonl'
-PLOT_FILE = 'metrics.png'
-CONFIG_FILE = 'config.json'
-
-
-class NonFiniteError(RuntimeError):
-  """Training produced a non-finite loss or parameters."""
 
 
 class Federation(NamedTuple):
@@ -60,18 +52,15 @@ class Federation(NamedTuple):
     return len(self.client_indices)
 
 
-class RunResult(NamedTuple):
-  state: core.ServerState
-  client_store: core.PyTree
-  metrics: list[dict[str, float]]  # The metrics.jsonl lines of this run.
-
-
 def validate_config(config: ExperimentConfig) -> None:
   """`_config.validate` against the names this library knows."""
   _config.validate(
       config, datasets=data.DATASETS, models=models.MODELS,
       algorithms=algorithms.ALGORITHMS, partitions=data.PARTITIONS,
-      strategies=core.STRATEGIES, weightings=clients.WEIGHTINGS)
+      strategies=core.STRATEGIES, weightings=core.WEIGHTINGS,
+      aggregators=_compose.AGGREGATORS, attacks=byzantine.ATTACKS,
+      client_optimizers=_compose.CLIENT_OPTIMIZERS, zo_uploads=zo.UPLOADS)
+  _compose.check_combination(config)
 
 
 def load_federation(config: ExperimentConfig) -> Federation:
@@ -118,7 +107,11 @@ def load_federation(config: ExperimentConfig) -> Federation:
 
 def build_model_and_algorithm(config: ExperimentConfig,
                               federation: Federation):
-  """The flax model, initial params and the named algorithm."""
+  """The flax model, initial params, the algorithm and its predict fn.
+
+  With ``isr_points`` the params are ``{'model', 'aux'}`` (OmniISR heads),
+  the loss is `isr.isr_loss` and drift is measured on the backbone.
+  """
   model_kwargs = {}
   if config.model == 'mlp':
     model_kwargs['hidden_sizes'] = tuple(config.hidden_sizes)
@@ -126,15 +119,29 @@ def build_model_and_algorithm(config: ExperimentConfig,
                               num_classes=federation.num_classes,
                               **model_kwargs)
   init_key, _ = run_keys(config.seed)
-  params = model.init(init_key, federation.train['x'][:1])['params']
-  algorithm = algorithms.create_algorithm(
-      config.algorithm, clients.classification_loss(model),
-      client_learning_rate=config.client_lr,
-      server_learning_rate=config.server_lr,
-      num_clients=federation.num_clients, prox_mu=config.prox_mu,
-      server_momentum=config.server_momentum, weighting=config.weighting,
-      execution=config.execution)
-  return model, params, algorithm
+  x = federation.train['x'][:1]
+  select = None
+  if config.isr_points:
+    points = isr.isr_points(config.isr_points,
+                            mi_weight=config.isr_mi_weight,
+                            ne_weight=config.isr_ne_weight)
+    try:
+      params = isr.init_isr(model, init_key, x, points,
+                            num_classes=federation.num_classes)
+    except (KeyError, ValueError) as e:
+      raise ConfigError(f'--isr_points={",".join(config.isr_points)}: '
+                        f'{e}') from None
+    loss_fn = isr.isr_loss(model, points)
+    predict = isr.predict_fn(model)
+    select = isr.backbone
+  else:
+    params = model.init(init_key, x)['params']
+    loss_fn = clients.classification_loss(model)
+    predict = clients.predict_fn(model)
+  algorithm = _compose.compose_algorithm(
+      config, loss_fn, num_clients=federation.num_clients,
+      num_classes=federation.num_classes, drift_select=select)
+  return predict, params, algorithm
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -151,7 +158,7 @@ def default_workdir(config: ExperimentConfig) -> str:
 
 
 def _check_resume_compatible(workdir: str, config: ExperimentConfig) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, _runner.CONFIG_FILE)
   if not os.path.exists(path):
     return
   with open(path) as f:
@@ -165,33 +172,14 @@ def _check_resume_compatible(workdir: str, config: ExperimentConfig) -> None:
         f'run saved in {workdir}; resume with the same values.')
 
 
-def _read_metrics(path: str, up_to_round: int) -> list[dict[str, float]]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  return [m for m in lines if m['round'] <= up_to_round]
-
-
-def _write_metrics(path: str, lines: list[dict[str, float]]) -> None:
-  with open(path, 'w') as f:
-    for line in lines:
-      f.write(json.dumps(line) + '\n')
-
-
 def run_experiment(config: ExperimentConfig, *,
-                   log: Callable[[str], None] = print) -> RunResult:
+                   log: Callable[[str], None] = print) -> _runner.RunResult:
   """Trains, evaluates and checkpoints one federated run (module doc)."""
   validate_config(config)
-  lead = jax.process_index() == 0  # Only process 0 writes files and logs.
-  if not lead:
-    log = lambda message: None
   if _distributed.is_multiprocess() and not config.workdir:
     raise ConfigError('--workdir is required with several processes (they '
                       'must share it).')
   workdir = config.workdir or default_workdir(config)
-  os.makedirs(workdir, exist_ok=True)
-  ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   federation = load_federation(config)
   groups = config.sampling_groups or jax.process_count()
   if config.clients_per_round % groups:
@@ -206,127 +194,43 @@ def run_experiment(config: ExperimentConfig, *,
                       f'cohort is sharded over (--execution='
                       f'{config.execution}).')
   own_clients = _distributed.keep_own_clients(federation.client_indices)
-  model, params, algorithm = build_model_and_algorithm(config, federation)
+  predict, params, algorithm = build_model_and_algorithm(config,
+                                                         federation)
   local_epochs = None if config.local_steps else config.local_epochs
   num_steps = data.num_local_steps(
       [len(p) for p in federation.client_indices], config.batch_size,
       local_epochs=local_epochs, local_steps=config.local_steps or None)
-  state = algorithm.init(params)
-  store = core.tree_broadcast(algorithm.init_client_state(params),
-                              federation.num_clients)
-  evaluate = _evaluation.make_evaluate_fn(clients.predict_fn(model))
-  test_set = _evaluation.make_eval_set(
-      federation.test, batch_size=config.eval_batch_size)
-  held_set = None
+  evaluators = [_evaluation.classification_evaluator(
+      predict, federation.test, batch_size=config.eval_batch_size)]
   if federation.held_out is not None:
-    held_set = _evaluation.make_eval_set(
-        federation.held_out, batch_size=config.eval_batch_size,
-        segment_ids=federation.held_out_client,
-        num_segments=federation.num_clients)
-  metrics_path = os.path.join(workdir, METRICS_FILE)
+    evaluators.append(_evaluation.classification_evaluator(
+        predict, federation.held_out, batch_size=config.eval_batch_size,
+        client_of_example=federation.held_out_client,
+        num_clients=federation.num_clients))
+  extra_info = _compose.byzantine_info(config, federation.num_clients)
 
-  with Checkpointer(ckpt_dir) as checkpointer:
-    start = checkpointer.latest_round()
-    if start is not None and not config.resume:
-      raise ConfigError(
-          f'--workdir={workdir} already holds checkpoints up to round '
-          f'{start}; pass --resume to continue it or choose another '
-          '--workdir.')
-    state, store = _distributed.to_global((state, store), sharded=False)
-    if start is None:
-      start, lines = 0, []
-    else:
-      _check_resume_compatible(workdir, config)
-      state, store = checkpointer.restore(start, state, store)
-      lines = _read_metrics(metrics_path, start)
-      log(f'Resumed from the checkpoint of round {start} in {ckpt_dir}.')
-    if lead:
-      with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-        f.write(config.to_json())
-      _write_metrics(metrics_path, lines)
-    log(f'{config.algorithm} on {config.dataset}: {federation.num_clients} '
-        f'clients, {config.clients_per_round} per round, {num_steps} local '
-        f'steps of batch {config.batch_size}, {config.rounds} rounds, '
-        f'{jax.device_count()} device(s) in {jax.process_count()} '
-        f'process(es); workdir {workdir}')
+  def cohorts(r: int) -> core.Cohort:
+    ids = data.sample_clients(
+        federation.num_clients, config.clients_per_round, seed=config.seed,
+        round_num=r, num_groups=groups)
+    cohort = data.pack_cohort(
+        federation.train, own_clients, _distributed.local_block(ids),
+        batch_size=config.batch_size, num_steps=num_steps, seed=config.seed,
+        round_num=r, local_epochs=local_epochs)
+    return cohort._replace(info=extra_info(cohort.client_ids))
 
-    _, run_key = run_keys(config.seed)
-
-    def train_round(state, store, cohort):
-      state, store, metrics = algorithm.apply(state, store, cohort, run_key)
-      metrics = dict(metrics)
-      metrics['finite'] = (core.tree_all_finite(state.params)
-                           & core.tree_all_finite(metrics['train_loss']))
-      return state, store, metrics
-
-    train_round = jax.jit(train_round, donate_argnums=(0, 1))
-
-    def packed_cohorts():
-      for r in range(start, config.rounds):
-        ids = data.sample_clients(
-            federation.num_clients, config.clients_per_round,
-            seed=config.seed, round_num=r, num_groups=groups)
-        yield r, data.pack_cohort(
-            federation.train, own_clients, _distributed.local_block(ids),
-            batch_size=config.batch_size, num_steps=num_steps,
-            seed=config.seed, round_num=r, local_epochs=local_epochs)
-
-    t_start = time.perf_counter()
-    round_times, interval = [], []
-    last_saved = start if start else None
-    for r, cohort in _prefetch.prefetch(packed_cohorts()):
-      cohort = _distributed.to_global(cohort, sharded=True)
-      t0 = time.perf_counter()
-      state, store, metrics = train_round(state, store, cohort)
-      metrics = jax.device_get(metrics)
-      seconds = time.perf_counter() - t0
-      if r == start:
-        log(f'Round {r + 1} compiled and ran in {seconds:.2f} s.')
-      else:
-        round_times.append(seconds)
-      if not metrics.pop('finite'):
-        saved = (f'the last good checkpoint (round {last_saved}) in '
-                 f'{ckpt_dir} is intact' if last_saved is not None
-                 else 'no checkpoint had been saved yet')
-        raise NonFiniteError(
-            f'Round {r + 1}: non-finite training loss or parameters '
-            f'(train_loss={float(metrics["train_loss"])}); stopping; '
-            f'{saved}. Try a smaller --client_lr or --server_lr.')
-      interval.append(metrics)
-      done = r + 1
-      if done % config.eval_every == 0 or done == config.rounds:
-        line = {'round': done}
-        line.update(_evaluation_line(
-            evaluate, _distributed.local_copy(state.params), test_set,
-            held_set))
-        for key in ('train_loss', 'train_accuracy', 'update_norm'):
-          line[key] = float(np.mean([m[key] for m in interval]))
-        line['elapsed_s'] = time.perf_counter() - t_start
-        recent = round_times[-len(interval):]
-        if recent:
-          line['round_time_s'] = statistics.median(recent)
-        lines.append(line)
-        if lead:
-          _write_metrics(metrics_path, lines)
-        rate = len(recent) / max(sum(recent), 1e-9)
-        log(f'round {done}/{config.rounds} | {rate:.1f} rounds/s | '
-            f'train_loss {line["train_loss"]:.4f} | test_accuracy '
-            f'{line["test_accuracy"]:.4f} | elapsed {line["elapsed_s"]:.1f}s')
-        interval = []
-      if done % config.checkpoint_every == 0 or done == config.rounds:
-        checkpointer.save(done, state, store)
-        last_saved = done
-  if lines and lead:
-    _plots.plot_metrics(metrics_path, os.path.join(workdir, PLOT_FILE),
-                        title=f'{config.algorithm} on {config.dataset}')
-  return RunResult(state, store, lines)
-
-
-def _evaluation_line(evaluate, params, test_set, held_set) -> dict:
-  test = evaluate(params, test_set)
-  line = {'test_accuracy': test['accuracy'], 'test_loss': test['loss']}
-  if held_set is not None:
-    held = evaluate(params, held_set)
-    line['client_accuracy_mean'] = held['client_accuracy_mean']
-    line['client_accuracy_p10'] = held['client_accuracy_p10']
-  return line
+  if config.resume:
+    _check_resume_compatible(workdir, config)
+  log(f'{config.algorithm} on {config.dataset}: {federation.num_clients} '
+      f'clients, {config.clients_per_round} per round, {num_steps} local '
+      f'steps of batch {config.batch_size}, {config.rounds} rounds, '
+      f'{jax.device_count()} device(s) in {jax.process_count()} '
+      f'process(es); workdir {workdir}')
+  _, run_key = run_keys(config.seed)
+  return _runner.run_rounds(
+      algorithm, params, num_clients=federation.num_clients,
+      cohorts=cohorts, rounds=config.rounds, key=run_key, workdir=workdir,
+      evaluators=evaluators, eval_every=config.eval_every,
+      checkpoint_every=config.checkpoint_every, resume=config.resume,
+      config=dataclasses.asdict(config),
+      title=f'{config.algorithm} on {config.dataset}', log=log)

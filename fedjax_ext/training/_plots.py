@@ -111,3 +111,117 @@ def plot_metrics(metrics_path: str, png_path: str, *,
     os.makedirs(directory, exist_ok=True)
   fig.savefig(png_path, dpi=100)
   return png_path
+
+
+def mean_curve(runs, key: str) -> tuple[list, list[float]]:
+  """(rounds, mean of `key` over `runs`) at the rounds every run has `key`.
+
+  Args:
+    runs: metrics lines of several runs (e.g. seeds): a list of lists of
+      dicts with ``round`` (`training.RunResult.metrics`, `read_metrics`).
+    key: the metric.
+  """
+  at = [{l['round']: _number(l.get(key)) for l in lines
+         if _number(l.get(key)) is not None} for lines in runs]
+  rounds = sorted(set.intersection(*(set(a) for a in at))) if at else []
+  return rounds, [sum(a[r] for a in at) / len(at) for r in rounds]
+
+
+def plot_runs(panels, png_path: str, *, key: str,
+              title: str | None = None) -> str:
+  """Writes a PNG comparing groups of runs on one metric, panel by panel.
+
+  The summary plot of a sweep (ISR vs plain, FL vs CL, ...): each curve is
+  the mean over its runs (seeds) of `key` at each evaluated round
+  (`mean_curve`).
+
+  Args:
+    panels: ``{panel title: {curve label: runs}}``, `runs` as in
+      `mean_curve`; panels left to right, curves in the mappings' order. A
+      panel without data says 'no data'.
+    png_path: where to write the PNG; missing parent directories are made.
+    key: the metric, also the y-axis label.
+    title: an optional title above the panels.
+
+  Returns:
+    `png_path`.
+  """
+  fig = figure.Figure(figsize=(4 * max(len(panels), 1) + 1, 3.6),
+                      layout='constrained')
+  axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+  for ax, (name, curves) in zip(axes, panels.items()):
+    for label, runs in curves.items():
+      rounds, values = mean_curve(runs, key)
+      if rounds:
+        ax.plot(rounds, values, label=label,
+                marker='.' if len(values) < 30 else None)
+    ax.set_title(name)
+    ax.set_xlabel('round')
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(key)
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+      ax.legend(fontsize=7)
+    else:
+      ax.text(0.5, 0.5, 'no data', ha='center', va='center',
+              transform=ax.transAxes)
+  if title:
+    fig.suptitle(title)
+  directory = os.path.dirname(png_path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  fig.savefig(png_path, dpi=100)
+  return png_path
+
+
+def plot_heatmaps(panels, png_path: str, *, vmin: float | None = None,
+                  vmax: float | None = None, fmt: str = '{:.0f}',
+                  title: str | None = None) -> str:
+  """Writes a PNG of annotated heatmaps, one panel above the other.
+
+  The summary plot of a grid sweep (aggregator x attack, ...): each cell is
+  coloured by its value and shows it as text; a NaN cell (a run that
+  diverged) is left blank and reads 'nan'.
+
+  Args:
+    panels: ``{panel title: (row labels, column labels, values)}``, values
+      an array-like [rows, columns] (NaN allowed).
+    png_path: where to write the PNG; missing parent directories are made.
+    vmin, vmax: the colour scale (default: the finite values' range).
+    fmt: format of the value written in each cell.
+    title: an optional title above the panels.
+
+  Returns:
+    `png_path`.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  shapes = [np.shape(values) for _, _, values in panels.values()]
+  rows = sum(s[0] for s in shapes) if shapes else 1
+  cols = max((s[1] for s in shapes), default=1)
+  fig = figure.Figure(figsize=(0.9 * cols + 3.5,
+                               0.32 * rows + 1.1 * max(len(panels), 1)),
+                      layout='constrained')
+  axes = fig.subplots(max(len(panels), 1), 1, squeeze=False)[:, 0]
+  for ax, (name, (row_labels, col_labels, values)) in zip(axes,
+                                                          panels.items()):
+    grid = np.asarray(values, np.float64).reshape(len(row_labels),
+                                                  len(col_labels))
+    image = ax.imshow(np.ma.masked_invalid(grid), vmin=vmin, vmax=vmax,
+                      cmap='viridis', aspect='auto')
+    low, high = image.get_clim()
+    for (i, j), value in np.ndenumerate(grid):
+      light = np.isfinite(value) and value > low + 0.6 * (high - low)
+      ax.text(j, i, fmt.format(value) if np.isfinite(value) else 'nan',
+              ha='center', va='center', fontsize=7,
+              color='k' if light or not np.isfinite(value) else 'w')
+    ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+    ax.set_title(name, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+  if title:
+    fig.suptitle(title)
+  directory = os.path.dirname(png_path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  fig.savefig(png_path, dpi=110)
+  return png_path

@@ -80,5 +80,53 @@ class PlotMetricsTest(parameterized.TestCase):
       _plots.read_curves(path, ('test_loss',))
 
 
+class PlotRunsTest(absltest.TestCase):
+
+  def test_mean_curve_averages_runs_at_their_common_rounds(self):
+    seed0 = [{'round': 1, 'acc': 0.5}, {'round': 2, 'acc': 0.7},
+             {'round': 3, 'acc': 0.8}]
+    seed1 = [{'round': 1, 'acc': 0.3}, {'round': 2, 'acc': None},
+             {'round': 3, 'acc': 0.6, 'loss': 1.}]
+    rounds, values = _plots.mean_curve([seed0, seed1], 'acc')
+    self.assertEqual(rounds, [1, 3])
+    self.assertSequenceAlmostEqual(values, [0.4, 0.7])
+    self.assertEqual(_plots.mean_curve([seed0, seed1], 'loss'), ([], []))
+    self.assertEqual(_plots.mean_curve([], 'acc'), ([], []))
+
+  def test_writes_a_png_with_several_panels_and_an_empty_one(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      png = os.path.join(tmp, 'cmp', 'accuracy.png')
+      panels = {
+          'fedavg': {'FL plain': [FULL, FULL], 'FL ISR': [FULL]},
+          'scaffold': {'FL plain': [PARTIAL]},
+          'fedadam': {},
+      }
+      self.assertEqual(_plots.plot_runs(panels, png, key='test_accuracy',
+                                        title='digits'), png)
+      with open(png, 'rb') as f:
+        data = f.read()
+      self.assertGreater(len(data), 1000)
+      self.assertEqual(data[:8], PNG_SIGNATURE)
+
+
+class PlotHeatmapsTest(absltest.TestCase):
+
+  def test_writes_a_png_with_nan_cells_and_panels_of_other_sizes(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      png = os.path.join(tmp, 'grid', 'heatmap.png')
+      panels = {
+          'digits, 10%': (['mean', 'median'], ['none', 'nan'],
+                          [[92.8, float('nan')], [91.9, 91.4]]),
+          'digits, 20%': (['mean'], ['none', 'nan', 'alie'],
+                          [[92.0, float('nan'), 0.5]]),
+      }
+      self.assertEqual(_plots.plot_heatmaps(panels, png, vmin=0, vmax=100,
+                                            title='accuracy %'), png)
+      with open(png, 'rb') as f:
+        data = f.read()
+      self.assertGreater(len(data), 1000)
+      self.assertEqual(data[:8], PNG_SIGNATURE)
+
+
 if __name__ == '__main__':
   absltest.main()

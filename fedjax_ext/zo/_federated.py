@@ -1,16 +1,20 @@
 r"""Federated zeroth-order training: ZO client updates and seed replay.
 
 A client runs S local ZO steps (any optax chain holding one ZO estimator
-from `fedjax_ext.zo`) from the global parameters and uploads either
+from `fedjax_ext.zo`) from the global parameters, through the shared local
+loop `clients.run_local_steps`, and uploads either
 
 * ``'delta'``: the pseudo-gradient ``global - local`` (4 bytes per float32
-  parameter), aggregated like FedAvg; or
-* ``'seeds'``: a `SeedUpload` — its round seed, the q scalars
-  :math:`\delta_{s,j}` of each step and a one-byte "step was taken" flag,
-  i.e. :math:`8 + S(4q + 1)` bytes whatever the model size. The server
-  rebuilds each client's local trajectory exactly (bit for bit) by
-  replaying the optimizer with ``projected_grads=`` instead of the objective
-  (`replay`), then aggregates the deltas as usual (`seed_replay`).
+  parameter) as its ``update``, aggregated like FedAvg by any aggregator
+  (robust ones too); or
+* ``'seeds'``: a `SeedUpload` as its ``update`` — its round seed, the q
+  scalars :math:`\delta_{s,j}` of each step and a one-byte "step was
+  taken" flag, i.e. :math:`8 + S(4q + 1)` bytes whatever the model size.
+  The round's output-transform stage (`seed_replay_outputs`, passed as
+  ``transform_outputs``) rebuilds each client's local trajectory exactly
+  (bit for bit) by replaying the optimizer with ``projected_grads=``
+  instead of the objective (`replay`), and turns every upload into its
+  pseudo-gradient; the aggregator then combines them as in ``'delta'`` mode.
 
 This is the FedKSeed idea (Qin et al., ICML 2024) of exchanging seeds and
 scalar projected gradients, without FedKSeed's finite seed pool: the seed
@@ -23,14 +27,16 @@ A client's optimizer state starts every round from
 can replay it; but a sparse estimator's `SamplerState` (CurvZO's block
 scores :math:`S_b`, the feedback scale :math:`G`, the budget :math:`f` and
 the step count) is *learnt*, and a fresh one is a cold start. The server
-keeps the weighted mean of the cohort's final sampler states
-(`mean_sampler_state`) in its aggregator state and broadcasts it next to the
-parameters (`ZOMessage`): 4 n + 12 bytes of downlink per client for n
-blocks. In ``'seeds'`` mode it gets the clients' final states from its own
-exact replay (nothing more is uploaded); in ``'delta'`` mode each client
-uploads its final state next to its delta (`DeltaUpload`, 4 n + 12 bytes).
-Replay stays bit-exact because client and server start from the same
-broadcast state.
+keeps it in ``ServerState.algorithm_state`` (initialised by `init_sampler`)
+and broadcasts it next to the parameters (`zo_message`, a `ZOMessage`):
+4 n + 12 bytes of downlink per client for n blocks. Each client's final
+sampler state reaches the server as its ``ClientOutput.aux``: in
+``'delta'`` mode the client uploads it (4 n + 12 bytes more), in
+``'seeds'`` mode `seed_replay_outputs` gets it from its own exact replay
+(nothing more is uploaded). The server update (`sampler_server_update`)
+sets the next sampler to the weighted mean of the cohort's
+(`mean_sampler_state`). Replay stays bit-exact because client and server
+start from the same broadcast state.
 
 Why: without the carry, every round is CurvZO's cold start. The port's
 initial scores :math:`S_b = 0.01` sit 4-40x below the level the score EMA
@@ -69,10 +75,13 @@ import optax
 from fedjax_ext import aggregators
 from fedjax_ext import clients
 from fedjax_ext import core
-from fedjax_ext.core import Params, PRNGKey, PyTree, Updates
-from fedjax_ext.zo import _estimators
+from fedjax_ext.core import Params, PRNGKey, PyTree
+from fedjax_ext.zo import _states
+from fedjax_ext.zo._sparse import SamplerState
 
 UPLOADS = ('delta', 'seeds')
+# The round metric of the bytes one client uploads (as sent).
+UPLOAD_METRIC = 'upload_bytes_per_client'
 
 
 class SeedUpload(NamedTuple):
@@ -82,71 +91,102 @@ class SeedUpload(NamedTuple):
   active: jax.Array  # bool [S]: the step saw real data (else skipped).
 
 
-class DeltaUpload(NamedTuple):
-  """What a ``'delta'`` client sends when the server carries the sampler."""
-  delta: Updates  # global - local parameters.
-  sampler: _estimators.SamplerState | None  # Final; None for `mezo`.
-
-
 class ZOMessage(NamedTuple):
   """What the server broadcasts when it carries the sampler state."""
   params: Params
-  sampler: _estimators.SamplerState | None  # None for `mezo`.
-
-
-class ZOAggregatorState(NamedTuple):
-  """State of `seed_replay` / `delta_aggregator`."""
-  inner: PyTree  # The inner aggregator's state.
-  sampler: _estimators.SamplerState | None  # Carried; None if not carried.
+  sampler: SamplerState | None  # None for `mezo`.
 
 
 def _select(pred, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def _as_sampler(x: PyTree) -> SamplerState | None:
+  """A carried sampler (``algorithm_state``, ``aux``), or None for ``()``."""
+  return x if isinstance(x, SamplerState) else None
+
+
 def _fresh_state(optimizer, params, key, sampler=None):
-  state = _estimators.reseed(optimizer.init(params), key)
-  return _estimators.with_sampler_state(state, sampler)
+  state = _states.reseed(optimizer.init(params), key)
+  return _states.with_sampler_state(state, sampler)
 
 
-def _initial_sampler(optimizer, params, carry_sampler):
-  if not carry_sampler:
-    return None
-  return _estimators.sampler_state(optimizer.init(params))
+def _check_upload(upload: str) -> None:
+  if upload not in UPLOADS:
+    raise ValueError(f'Unknown upload {upload!r}; valid choices: '
+                     f'{", ".join(UPLOADS)}.')
 
 
-def _aggregator_init(inner, optimizer, carry_sampler):
-  """``init(params) -> ZOAggregatorState`` of the ZO aggregators."""
+def init_sampler(optimizer: optax.GradientTransformationExtraArgs, *,
+                 carry_sampler: bool = True
+                ) -> Callable[[Params], SamplerState | tuple[()]]:
+  """``init_algorithm_state`` of a server that carries the sampler.
+
+  Args:
+    optimizer: the clients' optimizer (one ZO estimator).
+    carry_sampler: False gives ``()`` (nothing carried).
+
+  Returns:
+    ``init(params)``: the estimator's initial `SamplerState`, or ``()``
+    when nothing is carried (`mezo` has no sampler).
+  """
 
   def init_fn(params):
-    return ZOAggregatorState(
-        inner=inner.init(params),
-        sampler=_initial_sampler(optimizer, params, carry_sampler))
+    if not carry_sampler:
+      return ()
+    sampler = _states.sampler_state(optimizer.init(params))
+    return () if sampler is None else sampler
 
   return init_fn
-
-
-def _carry(samplers, weights):
-  """The server's next sampler: the fenced weighted mean of the cohort's.
-
-  Fenced like `replay_step`, so that the mean compiles to the same
-  arithmetic whether the states were uploaded (delta) or replayed (seeds).
-  """
-  if samplers is None:
-    return None
-  samplers, weights = jax.lax.optimization_barrier((samplers, weights))
-  return jax.lax.optimization_barrier(
-      _estimators.mean_sampler_state(samplers, weights))
 
 
 def zo_message(server_state: core.ServerState) -> ZOMessage:
   """The broadcast of a server carrying the sampler: params and sampler.
 
-  Pass it as ``server_message`` to `core.federated_algorithm` together
-  with a carrying `zo_local` and `seed_replay` / `delta_aggregator`.
+  Reads the sampler from ``server_state.algorithm_state`` (`init_sampler`,
+  `sampler_server_update`); pass it as ``server_message`` to
+  `core.federated_algorithm` together with a carrying `zo_local`.
   """
   return ZOMessage(params=server_state.params,
-                   sampler=server_state.aggregator_state.sampler)
+                   sampler=_as_sampler(server_state.algorithm_state))
+
+
+def _carry(samplers: SamplerState, weights: jax.Array) -> SamplerState:
+  """The server's next sampler: the fenced weighted mean of the cohort's.
+
+  Fenced like `replay_step`, so that the mean compiles to the same
+  arithmetic whether the states were uploaded (delta) or replayed (seeds).
+  """
+  samplers, weights = jax.lax.optimization_barrier((samplers, weights))
+  return jax.lax.optimization_barrier(
+      _states.mean_sampler_state(samplers, weights))
+
+
+def sampler_server_update(server: core.ServerUpdate
+                          | optax.GradientTransformation
+                         ) -> core.ServerUpdate:
+  """`server`, then ``algorithm_state`` <- mean of the clients' samplers.
+
+  The clients' final `SamplerState`s arrive as ``outputs.aux`` (uploaded in
+  ``'delta'`` mode, replayed by `seed_replay_outputs` in ``'seeds'``
+  mode); the new sampler is their weighted mean (`mean_sampler_state`)
+  with the round's aggregation weights. A state that carries nothing
+  (``()``) stays as it is.
+
+  Args:
+    server: a `core.ServerUpdate` or an optax optimizer on the aggregate.
+
+  Returns:
+    A `core.ServerUpdate` (`core.with_algorithm_state`).
+  """
+
+  def update_sampler(sampler, outputs):
+    if _as_sampler(sampler) is None or _as_sampler(outputs.aux) is None:
+      return sampler
+    return _carry(outputs.aux, outputs.weight)
+
+  return core.with_algorithm_state(core.as_server_update(server),
+                                   update_sampler)
 
 
 def replay_step(params: Params, opt_state: optax.OptState,
@@ -181,8 +221,8 @@ def zo_step(params: Params, opt_state: optax.OptState, *,
     ``(params, opt_state, projected_grads [q], loss)``.
   """
   _, probe = optimizer.update(None, opt_state, params, obj_fn=obj_fn)
-  pg = _estimators.projected_grads(probe)
-  loss = _estimators.zo_loss(probe)
+  pg = _states.projected_grads(probe)
+  loss = _states.zo_loss(probe)
   new_params, new_state = replay_step(params, opt_state, pg,
                                       optimizer=optimizer)
   return new_params, new_state, pg, loss
@@ -195,19 +235,21 @@ class LocalResult(NamedTuple):
   active: jax.Array  # bool [S]: the step saw real data (else skipped).
   loss: jax.Array  # Example-weighted mean of the steps' (L+ + L-)/2.
   num_examples: jax.Array  # float32: real examples seen.
-  sampler: _estimators.SamplerState | None  # Final; None for `mezo`.
+  sampler: SamplerState | None  # Final; None for `mezo` or a cold start.
 
 
 def zo_train_locally(params: Params, batches: dict[str, jax.Array],
                      key: PRNGKey, *, loss_fn: clients.LossFn,
                      optimizer: optax.GradientTransformationExtraArgs,
-                     sampler: _estimators.SamplerState | None = None,
-                     unroll: int | bool = 1) -> LocalResult:
-  """Runs S masked local ZO steps from a fresh, reseeded optimizer state.
+                     sampler: SamplerState | None = None,
+                     unroll: int | bool | str = 'auto') -> LocalResult:
+  """S masked local ZO steps from a fresh, reseeded optimizer state.
 
-  Step s evaluates ``loss_fn(p, batch_s, fold_in(key, s))`` (the same
-  dropout key for both perturbed evaluations). A step without real
-  examples leaves parameters and optimizer state untouched.
+  The shared loop `clients.run_local_steps` with `zo_step` as the step:
+  step s evaluates ``loss_fn(p, batch_s, fold_in(key, s))`` (the same
+  dropout key for both perturbed evaluations), and a step without real
+  examples leaves parameters and optimizer state untouched. Each step's
+  output is its scalars [q], which a ``'seeds'`` client uploads.
 
   Args:
     params: the starting (global) parameters.
@@ -217,41 +259,33 @@ def zo_train_locally(params: Params, batches: dict[str, jax.Array],
     optimizer: an optax chain holding exactly one ZO estimator.
     sampler: the starting `SamplerState` (the server's broadcast); None
       starts from ``optimizer.init``'s (a cold start).
-    unroll: unroll of the local-step scan.
+    unroll: see `clients.run_local_steps`.
 
   Returns:
     A `LocalResult`.
   """
-  state = _fresh_state(optimizer, params, key, sampler)
-  num_steps = batches['mask'].shape[0]
 
-  def step(carry, inputs):
-    p, st, totals = carry
-    s, batch = inputs
-    step_key = jax.random.fold_in(key, s)
+  def step_fn(p, opt_state, batch, step_key):
     obj_fn = lambda q: loss_fn(q, batch, step_key)[0]
-    new_p, new_st, pg, loss = zo_step(p, st, optimizer=optimizer,
-                                      obj_fn=obj_fn)
-    count = jnp.sum(batch['mask'])
-    active = count > 0
-    p, st = _select(active, (new_p, new_st), (p, st))
-    totals = totals + jnp.stack([loss * count, count])
-    return (p, st, totals), (pg, active)
+    new_p, new_state, pg, loss = zo_step(p, opt_state, optimizer=optimizer,
+                                         obj_fn=obj_fn)
+    return new_p, new_state, loss, {}, pg
 
-  init = (params, state, jnp.zeros(2, jnp.float32))
-  (local, final, totals), (pgs, active) = jax.lax.scan(
-      step, init, (jnp.arange(num_steps), batches), unroll=unroll)
+  run = clients.run_local_steps(
+      params, _fresh_state(optimizer, params, key, sampler), batches, key,
+      step_fn, unroll=unroll)
   final_sampler = (None if sampler is None
-                   else _estimators.sampler_state(final))
-  return LocalResult(params=local, projected_grads=pgs, active=active,
-                     loss=totals[0] / jnp.maximum(totals[1], 1.),
-                     num_examples=totals[1], sampler=final_sampler)
+                   else _states.sampler_state(run.opt_state))
+  return LocalResult(params=run.params, projected_grads=run.step_outputs,
+                     active=run.active, loss=run.stats.loss,
+                     num_examples=run.stats.num_examples,
+                     sampler=final_sampler)
 
 
 def replay(params: Params, upload: SeedUpload, *,
            optimizer: optax.GradientTransformationExtraArgs,
-           sampler: _estimators.SamplerState | None = None
-           ) -> tuple[Params, _estimators.SamplerState | None]:
+           sampler: SamplerState | None = None
+           ) -> tuple[Params, SamplerState | None]:
   """The client's local parameters (and sampler) rebuilt from its upload.
 
   Runs the same optimizer updates as `zo_train_locally`, feeding the
@@ -280,38 +314,39 @@ def replay(params: Params, upload: SeedUpload, *,
                                    (upload.projected_grads, upload.active))
   if sampler is None:
     return local, None
-  return local, _estimators.sampler_state(final)
+  return local, _states.sampler_state(final)
 
 
 def zo_local(loss_fn: clients.LossFn,
              optimizer: optax.GradientTransformationExtraArgs, *,
-             upload: str = 'delta', weighting: str = 'examples',
-             carry_sampler: bool = True,
-             unroll: int | bool = 1) -> core.ClientUpdateFn:
+             upload: str = 'delta', carry_sampler: bool = True,
+             unroll: int | bool | str = 'auto') -> core.ClientUpdateFn:
   """A ZO client update for `core.federated_algorithm`.
+
+  Its ``weight`` is the real examples it processed; the round's weighting
+  stage (`core.weigh_clients`) sets the aggregation weight.
 
   Args:
     loss_fn: masked mean loss of one batch (`clients.LossFn`).
     optimizer: an optax chain holding exactly one ZO estimator, e.g.
       ``optax.chain(zo.curvzo(), optax.sgd(1e-3))``.
-    upload: ``'delta'`` (pseudo-gradient) or ``'seeds'`` (`SeedUpload`;
-      aggregate with `seed_replay`).
-    weighting: client weights, ``'examples'`` or ``'uniform'``.
+    upload: ``'delta'``: the ``update`` is the pseudo-gradient; with
+      `carry_sampler`, ``aux`` is the final `SamplerState`. ``'seeds'``: the
+      ``update`` is a `SeedUpload` (turn it into a pseudo-gradient with
+      `seed_replay_outputs`) and ``aux`` is ``()``.
     carry_sampler: the server message is a `ZOMessage` whose sampler state
-      the client starts from (module docstring), and a ``'delta'`` upload
-      is a `DeltaUpload`. False: the message is the parameters and every
-      round starts cold.
-    unroll: unroll of the local-step scan.
+      the client starts from (module docstring). False: the message is the
+      parameters and every round starts cold.
+    unroll: see `clients.run_local_steps` (``execution.unroll``).
 
   Returns:
-    ``client_update(message, client_state, batches, key) -> ClientOutput``.
+    ``client_update(message, client_state, batches, key, info) ->
+    ClientOutput``.
   """
-  if upload not in UPLOADS:
-    raise ValueError(f'Unknown upload {upload!r}; valid choices: '
-                     f'{", ".join(UPLOADS)}.')
-  clients.check_weighting(weighting)
+  _check_upload(upload)
 
-  def client_update(message, client_state, batches, key):
+  def client_update(message, client_state, batches, key, info=None):
+    del info
     if carry_sampler:
       params, sampler = message.params, message.sampler
     else:
@@ -319,101 +354,88 @@ def zo_local(loss_fn: clients.LossFn,
     result = zo_train_locally(params, batches, key, loss_fn=loss_fn,
                               optimizer=optimizer, sampler=sampler,
                               unroll=unroll)
+    aux = ()
     if upload == 'delta':
       update = jax.tree.map(jnp.subtract, params, result.params)
-      if carry_sampler:
-        update = DeltaUpload(delta=update, sampler=result.sampler)
+      if result.sampler is not None:
+        aux = result.sampler
     else:
       update = SeedUpload(seed=jax.random.key_data(key),
                           projected_grads=result.projected_grads,
                           active=result.active)
-    if weighting == 'uniform':
-      weight = (result.num_examples > 0).astype(jnp.float32)
-    else:
-      weight = result.num_examples
     metrics = {'train_loss': result.loss,
                'local_steps': jnp.sum(result.active.astype(jnp.float32))}
-    return core.ClientOutput(update=update, weight=weight,
-                             client_state=client_state, metrics=metrics)
+    return core.ClientOutput(update=update, weight=result.num_examples,
+                             client_state=client_state, metrics=metrics,
+                             aux=aux)
 
   return client_update
 
 
-def seed_replay(optimizer: optax.GradientTransformationExtraArgs,
-                inner: core.Aggregator | None = None, *,
-                carry_sampler: bool = True, execution: str = 'auto',
-                chunk_size: int | None = None) -> core.Aggregator:
-  """Aggregator of `SeedUpload`s: replay every client, then aggregate.
+def seed_replay_outputs(optimizer: optax.GradientTransformationExtraArgs,
+                        *, carry_sampler: bool = True,
+                        execution: core.Execution | str | None = None
+                       ) -> core.TransformOutputsFn:
+  """The output-transform stage that replays every `SeedUpload`.
+
+  Each client is rebuilt with `replay` from the global parameters
+  (``state.params``) and, with `carry_sampler`, the broadcast sampler
+  (``state.algorithm_state``): its ``update`` becomes the pseudo-gradient
+  ``global - local`` and its ``aux`` the final `SamplerState` (``()``
+  when nothing is carried), exactly what a ``'delta'`` client would have
+  uploaded. Any aggregator then combines the updates.
+
+  Before the upload is replaced, its size goes into the clients' metrics:
+  ``metrics['upload_bytes_per_client']`` is a [C] column holding the bytes
+  of one client's `SeedUpload` (+ ``aux``) as sent, so the round's
+  weighted mean of the metrics (`core.round_metrics`) reports it. That
+  mean is exact only up to float32 rounding of the normalised weights, and
+  is 0 when every weight is 0; `zo_fed_avg` reports the column's value
+  itself instead.
 
   Args:
     optimizer: the clients' optimizer (the same chain and constants).
-    inner: aggregator of the replayed pseudo-gradients (default: weighted
-      mean).
-    carry_sampler: replay every client from the carried sampler state and
-      keep the weighted mean of their final ones (`ZOAggregatorState`;
-      broadcast it with `zo_message`). Must match the clients' `zo_local`.
-    execution: how clients are replayed (`core.map_clients` strategy).
-    chunk_size: clients per chunk for ``execution='chunked'``.
+    carry_sampler: must match the clients' `zo_local`.
+    execution: how the clients are replayed (`core.map_clients`).
 
   Returns:
-    An `core.Aggregator` whose ``update`` needs ``params`` (the global
-    parameters the clients started from); its state is a
-    `ZOAggregatorState`.
+    ``transform(outputs, state, cohort, key) -> outputs`` for
+    ``transform_outputs`` of `core.federated_algorithm`.
   """
-  inner = inner or aggregators.weighted_mean()
-  init_fn = _aggregator_init(inner, optimizer, carry_sampler)
+  execution = core.as_execution(execution)
 
-  def update_fn(client_uploads, state, params=None, *, weights, **extra_args):
-    if params is None:
-      raise ValueError('seed_replay needs params (the global parameters).')
+  def transform(outputs, state, cohort, key):
+    del cohort, key
+    if not isinstance(outputs.update, SeedUpload):
+      raise TypeError('seed_replay_outputs needs SeedUpload updates (zo_local '
+                      f"upload='seeds'), got {type(outputs.update).__name__}.")
+    sampler = _as_sampler(state.algorithm_state) if carry_sampler else None
 
-    def one(global_params, sampler, upload):
+    def one(global_params, start, upload):
       local, final = replay(global_params, upload, optimizer=optimizer,
-                            sampler=sampler)
+                            sampler=start)
       return jax.tree.map(jnp.subtract, global_params, local), final
 
     deltas, finals = core.map_clients(
-        one, params, state.sampler, client_uploads, in_axes=(None, None, 0),
-        strategy=execution, chunk_size=chunk_size)
-    aggregate, inner_state = inner.update(deltas, state.inner, params,
-                                          weights=weights, **extra_args)
-    return aggregate, ZOAggregatorState(inner=inner_state,
-                                        sampler=_carry(finals, weights))
+        one, state.params, sampler, outputs.update, in_axes=(None, None, 0),
+        execution=execution)
+    return outputs._replace(update=deltas,
+                            aux=() if finals is None else finals,
+                            metrics=_with_sent_bytes(outputs))
 
-  return core.Aggregator(init_fn, update_fn)
+  return transform
 
 
-def delta_aggregator(optimizer: optax.GradientTransformationExtraArgs,
-                     inner: core.Aggregator | None = None, *,
-                     carry_sampler: bool = True) -> core.Aggregator:
-  """Aggregator of ``'delta'`` uploads that carries the sampler state.
+def _with_sent_bytes(outputs: core.ClientOutput) -> dict[str, jax.Array]:
+  """The clients' metrics plus ``upload_bytes_per_client`` as sent, [C].
 
-  With `carry_sampler`, uploads are `DeltaUpload`s: `inner` aggregates
-  their deltas and the state keeps the weighted mean of their samplers
-  (as `seed_replay` does from its replays). Without, uploads are plain
-  deltas and this is `inner` with a `ZOAggregatorState`.
-
-  Args:
-    optimizer: the clients' optimizer (for the initial sampler state).
-    inner: aggregator of the pseudo-gradients (default: weighted mean).
-    carry_sampler: must match the clients' `zo_local`.
-
-  Returns:
-    An `core.Aggregator` with a `ZOAggregatorState`.
+  Every client sends the same shapes, so the column is one constant (from
+  the static shapes of the stacked ``update`` + ``aux``).
   """
-  inner = inner or aggregators.weighted_mean()
-  init_fn = _aggregator_init(inner, optimizer, carry_sampler)
-
-  def update_fn(client_uploads, state, params=None, *, weights, **extra_args):
-    deltas, samplers = client_uploads, None
-    if carry_sampler:
-      deltas, samplers = client_uploads.delta, client_uploads.sampler
-    aggregate, inner_state = inner.update(deltas, state.inner, params,
-                                          weights=weights, **extra_args)
-    return aggregate, ZOAggregatorState(inner=inner_state,
-                                        sampler=_carry(samplers, weights))
-
-  return core.Aggregator(init_fn, update_fn)
+  num_clients = jnp.shape(outputs.weight)[0]
+  sent = upload_bytes((outputs.update, outputs.aux)) / num_clients
+  return {**outputs.metrics,
+          UPLOAD_METRIC: jnp.full((num_clients,), sent, jnp.float32)}
 
 
 def upload_bytes(upload: PyTree) -> int:
@@ -434,53 +456,87 @@ def sampler_bytes(num_blocks: int) -> int:
 
 def zo_fed_avg(loss_fn: clients.LossFn,
                client_optimizer: optax.GradientTransformationExtraArgs,
-               server_optimizer: optax.GradientTransformation, *,
-               upload: str = 'delta', weighting: str = 'examples',
-               carry_sampler: bool = True, unroll: int | bool = 1,
-               execution: str = 'auto',
-               chunk_size: int | None = None) -> core.FederatedAlgorithm:
+               server_optimizer: optax.GradientTransformation
+               | core.ServerUpdate, *,
+               upload: str = 'delta', carry_sampler: bool = True,
+               aggregator: core.Aggregator | None = None,
+               weighting: str = 'num_examples',
+               transform_outputs: core.TransformOutputsFn | None = None,
+               extra_metrics: core.ExtraMetricsFn | None = None,
+               execution: core.Execution | str | None = None
+               ) -> core.FederatedAlgorithm:
   """FedAvg with ZO clients; reports the bytes sent each way per client.
+
+  The round: `zo_local` clients; in ``'seeds'`` mode `seed_replay_outputs`
+  then `transform_outputs`, else `transform_outputs` alone; the aggregator
+  on the pseudo-gradients; `sampler_server_update` (the server optimizer,
+  then the carried sampler in ``algorithm_state``).
 
   Args:
     loss_fn: masked mean loss of one batch.
     client_optimizer: optax chain with one ZO estimator (`zo_local`).
-    server_optimizer: applied to the aggregated pseudo-gradient.
+    server_optimizer: applied to the aggregated pseudo-gradient (or any
+      `core.ServerUpdate`).
     upload: ``'delta'`` or ``'seeds'`` (`UPLOADS`).
-    weighting: client weights, ``'examples'`` or ``'uniform'``.
     carry_sampler: the server carries the sparse estimator's sampler state
-      across rounds and broadcasts it (module docstring); no effect on
-      `mezo`, which has none. False restarts it cold every round.
-    unroll: unroll of the local-step scan.
-    execution: client mapping strategy (`core.map_clients`).
-    chunk_size: clients per chunk for ``execution='chunked'``.
+      across rounds in ``algorithm_state`` and broadcasts it (module
+      docstring); no effect on `mezo`, which has none. False restarts it
+      cold every round.
+    aggregator: combines the pseudo-gradients (default
+      `aggregators.weighted_mean`; robust ones work in both modes).
+    weighting: client weights (`core.weigh_clients`): ``'num_examples'``,
+      ``'examples_processed'`` or ``'uniform'``; they also weigh the
+      carried sampler mean.
+    transform_outputs: optional hook on the stacked outputs before
+      aggregation (an attack); in ``'seeds'`` mode it runs after the
+      replay, on pseudo-gradients.
+    extra_metrics: optional round-metrics hook, merged with the bytes.
+    execution: the run's `core.Execution` policy (client mapping, server
+      replay, unroll of the local steps).
 
   Returns:
     A `core.FederatedAlgorithm` with metrics ``upload_bytes_per_client``
-    and ``downlink_bytes_per_client``; in ``'seeds'`` mode the aggregate
-    is the mean of the server-replayed deltas, identical to ``'delta'``
-    mode.
+    (the client's ``update`` + ``aux`` as sent, before any transform) and
+    ``downlink_bytes_per_client`` (the message); in ``'seeds'`` mode the
+    aggregate is that of the server-replayed deltas, identical to
+    ``'delta'`` mode.
   """
+  _check_upload(upload)
+  execution = core.as_execution(execution)
   client_update = zo_local(loss_fn, client_optimizer, upload=upload,
-                           weighting=weighting, carry_sampler=carry_sampler,
-                           unroll=unroll)
+                           carry_sampler=carry_sampler,
+                           unroll=execution.unroll)
+  stages = []
   if upload == 'seeds':
-    aggregator = seed_replay(client_optimizer, carry_sampler=carry_sampler,
-                             execution=execution, chunk_size=chunk_size)
-  else:
-    aggregator = delta_aggregator(client_optimizer,
-                                  carry_sampler=carry_sampler)
+    stages.append(seed_replay_outputs(
+        client_optimizer, carry_sampler=carry_sampler, execution=execution))
+  if transform_outputs is not None:
+    stages.append(transform_outputs)
+
+  def transform(outputs, state, cohort, key):
+    for stage in stages:  # The replay draws nothing: the user's gets `key`.
+      outputs = stage(outputs, state, cohort, key)
+    return outputs
+
   message = zo_message if carry_sampler else (lambda state: state.params)
 
-  def extra_metrics(outputs, aggregate, state):
-    del aggregate
-    num_clients = outputs.weight.shape[0]
-    total = upload_bytes(outputs.update)
-    return {'upload_bytes_per_client': jnp.asarray(total / num_clients,
-                                                   jnp.float32),
-            'downlink_bytes_per_client': jnp.asarray(
-                upload_bytes(message(state)), jnp.float32)}
+  def metrics_fn(outputs, aggregate, state):
+    # Delta mode: the outputs still have the shapes the clients sent.
+    metrics = core.communication_metrics(outputs, message(state))
+    if upload == 'seeds':
+      # The replay replaced the uploads by deltas but put the bytes sent
+      # in a constant [C] column: its value exactly, whatever the weights
+      # (their weighted mean rounds, and is 0 when all weights are 0).
+      metrics[UPLOAD_METRIC] = jnp.max(outputs.metrics[UPLOAD_METRIC])
+    if extra_metrics is not None:
+      metrics.update(extra_metrics(outputs, aggregate, state))
+    return metrics
 
   return core.federated_algorithm(
-      client_update, aggregator, server_optimizer, server_message=message,
-      extra_metrics=extra_metrics, execution=execution,
-      chunk_size=chunk_size)
+      client_update, aggregator or aggregators.weighted_mean(),
+      sampler_server_update(server_optimizer), weighting=weighting,
+      init_algorithm_state=init_sampler(client_optimizer,
+                                        carry_sampler=carry_sampler),
+      server_message=message,
+      transform_outputs=transform if stages else None,
+      extra_metrics=metrics_fn, execution=execution)

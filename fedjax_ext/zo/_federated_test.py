@@ -1,15 +1,18 @@
 """Tests of federated ZO: exact server-side seed replay and upload bytes."""
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedjax_ext import aggregators
 from fedjax_ext import core
 from fedjax_ext import models
 from fedjax_ext import zo
 from fedjax_ext._src import test_utils
+from fedjax_ext.zo import _testing
 
 C, S, B, D, K = 3, 4, 5, 6, 3
 
@@ -47,7 +50,31 @@ def optimizer():
                      optax.sgd(0.05, momentum=0.9))
 
 
-class FederatedZOTest(absltest.TestCase):
+def run_rounds(algorithm, params, num_rounds=3):
+  apply = jax.jit(algorithm.apply)
+  state = algorithm.init(params)
+  for r in range(num_rounds):
+    state, _, metrics = apply(state, (), tiny_cohort(r), jax.random.key(0))
+  return state, metrics
+
+
+def moved(tree, reference):
+  return float(optax.tree.norm(optax.tree.sub(tree, reference)))
+
+
+class FederatedZOTest(parameterized.TestCase):
+
+  def test_replay_step_from_scalars_is_exact(self):
+    params, obj_fn = _testing.small_problem()
+    tx = optax.chain(zo.curvzo(num_directions=2), optax.sgd(0.05))
+    state = tx.init(params)
+    live, live_state, pg, _ = jax.jit(lambda p, s: zo.zo_step(
+        p, s, optimizer=tx, obj_fn=obj_fn))(params, state)
+    replayed, replay_state = jax.jit(lambda p, s, g: zo.replay_step(
+        p, s, g, optimizer=tx))(params, state, pg)
+    test_utils.assert_trees_all_equal(live, replayed)
+    test_utils.assert_trees_all_equal(live_state, replay_state)
+    self.assertGreater(moved(live, params), 0.)
 
   def test_server_replay_reproduces_client_params_exactly(self):
     params, cohort, tx = tiny_params(), tiny_cohort(), optimizer()
@@ -69,31 +96,59 @@ class FederatedZOTest(absltest.TestCase):
       test_utils.assert_trees_all_equal(result.params, replayed)
       test_utils.assert_trees_all_equal(result.sampler, final)
       np.testing.assert_array_equal(result.active, [True, True, True, False])
+      self.assertEqual(result.projected_grads.shape, (S, 1))
+      self.assertEqual(float(result.num_examples), 3 * B)
       self.assertTrue(np.isfinite(float(result.loss)))
-      self.assertGreater(float(optax.tree.norm(optax.tree.sub(
-          result.params, params))), 0.)
+      self.assertGreater(moved(result.params, params), 0.)
     # The warm start was used: 3 active steps on top of count 5.
     self.assertEqual(int(final.count), 8)
 
-  def test_seed_uploads_match_delta_uploads_and_count_bytes(self):
+  def test_replay_transform_matches_every_client(self):
     params, cohort, tx = tiny_params(), tiny_cohort(), optimizer()
+    alg_init = zo.init_sampler(tx)
+    state = core.ServerState(params=params, opt_state=(),
+                             aggregator_state=(),
+                             algorithm_state=alg_init(params),
+                             round=jnp.zeros((), jnp.int32))
+    message = zo.zo_message(state)
+    keys = core.client_keys(jax.random.key(3), state.round,
+                            cohort.client_ids)
+    run = lambda upload: jax.jit(lambda m, k: core.run_clients(
+        zo.zo_local(loss_fn, tx, upload=upload), m, jnp.zeros((C,)), cohort,
+        k, 'sequential'))(message, keys)
+    delta, seeds = run('delta'), run('seeds')
+    self.assertIsInstance(seeds.update, zo.SeedUpload)
+    self.assertEqual(seeds.aux, ())
+    replayed = jax.jit(lambda o, s: zo.seed_replay_outputs(
+        tx, execution='sequential')(o, s, cohort, jax.random.key(0)))(
+            seeds, state)
+    # Per client, bit for bit: the pseudo-gradient and the final sampler.
+    test_utils.assert_trees_all_equal(replayed.update, delta.update)
+    test_utils.assert_trees_all_equal(replayed.aux, delta.aux)
+    test_utils.assert_trees_all_equal(replayed.weight, delta.weight)
+    # The bytes each client sent, recorded before the upload was replaced.
+    np.testing.assert_array_equal(
+        replayed.metrics['upload_bytes_per_client'],
+        [zo.seed_upload_bytes(S, 1)] * C)
+    self.assertNotIn('upload_bytes_per_client', seeds.metrics)
+    np.testing.assert_array_equal(delta.weight, [S * B, S * B, 3 * B])
+    with self.assertRaisesRegex(TypeError, 'SeedUpload'):
+      zo.seed_replay_outputs(tx)(delta, state, cohort, jax.random.key(0))
+
+  def test_seed_uploads_match_delta_uploads_and_count_bytes(self):
+    params, tx = tiny_params(), optimizer()
     n = zo.num_blocks(params)
     for carry in (True, False):
       results = {}
       for upload in zo.UPLOADS:
         algorithm = zo.zo_fed_avg(loss_fn, tx, optax.sgd(1.0), upload=upload,
                                   carry_sampler=carry, execution='sequential')
-        apply = jax.jit(algorithm.apply)
-        state = algorithm.init(params)
-        for r in range(3):
-          state, _, metrics = apply(state, (), tiny_cohort(r),
-                                    jax.random.key(0))
-        results[upload] = (state, metrics)
+        results[upload] = run_rounds(algorithm, params)
       delta, seeds = results['delta'], results['seeds']
       # Bit-exact: parameters and the carried sampler state.
       test_utils.assert_trees_all_equal(delta[0].params, seeds[0].params)
-      test_utils.assert_trees_all_equal(delta[0].aggregator_state.sampler,
-                                        seeds[0].aggregator_state.sampler)
+      test_utils.assert_trees_all_equal(delta[0].algorithm_state,
+                                        seeds[0].algorithm_state)
       extra = zo.sampler_bytes(n) if carry else 0
       self.assertEqual(float(delta[1]['upload_bytes_per_client']),
                        4 * (D * K + K) + extra)
@@ -102,35 +157,116 @@ class FederatedZOTest(absltest.TestCase):
       for _, metrics in results.values():
         self.assertEqual(float(metrics['downlink_bytes_per_client']),
                          4 * (D * K + K) + extra)
-      self.assertGreater(float(optax.tree.norm(optax.tree.sub(
-          seeds[0].params, params))), 0.)
-      sampler = seeds[0].aggregator_state.sampler
-      if carry:
-        # 3 rounds of at most 4 local steps (S) carried over.
-        self.assertEqual(int(sampler.count), 3 * S)
-        self.assertEqual(sampler.scores.shape, (n,))
-      else:
-        self.assertIsNone(sampler)
+      self.assertGreater(moved(seeds[0].params, params), 0.)
     self.assertEqual(zo.seed_upload_bytes(S, 1), 8 + S * 5)
     self.assertEqual(zo.sampler_bytes(n), 4 * n + 12)
 
-  def test_mean_sampler_state(self):
-    samplers = zo.SamplerState(
-        count=jnp.array([4, 7, 2], jnp.int32),
-        scores=jnp.array([[1., 3.], [3., 1.], [100., 100.]]),
-        feedback_scale=jnp.array([1., 2., 50.]),
-        budget=jnp.array([0.2, 0.4, 0.8]))
-    mean = zo.mean_sampler_state(samplers, jnp.array([1., 3., 0.]))
-    test_utils.assert_trees_all_close(
-        mean, zo.SamplerState(count=jnp.int32(7), scores=jnp.array([2.5, 1.5]),
-                              feedback_scale=jnp.float32(1.75),
-                              budget=jnp.float32(0.35)))
-    # No client saw data: client 0's (the broadcast) state.
-    none = zo.mean_sampler_state(samplers, jnp.zeros(3))
-    test_utils.assert_trees_all_equal(
-        none, jax.tree.map(lambda x: x[0], samplers))
-    mezo = optax.chain(zo.mezo(), optax.sgd(0.1))
-    self.assertIsNone(zo.sampler_state(mezo.init(tiny_params())))
+  def test_sampler_lives_in_algorithm_state(self):
+    params, tx = tiny_params(), optimizer()
+    n = zo.num_blocks(params)
+    for upload in zo.UPLOADS:
+      algorithm = zo.zo_fed_avg(loss_fn, tx, optax.sgd(1.0), upload=upload,
+                                execution='sequential')
+      initial = algorithm.init(params)
+      self.assertEqual(initial.aggregator_state, ())
+      test_utils.assert_trees_all_equal(initial.algorithm_state,
+                                        zo.sampler_state(tx.init(params)))
+      state, _ = run_rounds(algorithm, params)
+      self.assertEqual(state.aggregator_state, ())
+      sampler = state.algorithm_state
+      self.assertIsInstance(sampler, zo.SamplerState)
+      # 3 rounds of at most 4 local steps (S) carried over.
+      self.assertEqual(int(sampler.count), 3 * S)
+      self.assertEqual(sampler.scores.shape, (n,))
+      self.assertGreater(moved(sampler.scores, initial.algorithm_state.scores),
+                         0.)
+      message = zo.zo_message(state)
+      test_utils.assert_trees_all_equal(message.sampler, sampler)
+    # Nothing carried: no sampler anywhere, the message is the parameters.
+    for tx_, carry in ((tx, False), (optax.chain(zo.mezo(), optax.sgd(.1)),
+                                     True)):
+      algorithm = zo.zo_fed_avg(loss_fn, tx_, optax.sgd(1.0),
+                                carry_sampler=carry, execution='sequential')
+      state, _ = run_rounds(algorithm, params, num_rounds=1)
+      self.assertEqual(state.algorithm_state, ())
+      if carry:
+        self.assertIsNone(zo.zo_message(state).sampler)
+
+  def test_upload_bytes_exact_with_zero_weights(self):
+    params, tx = tiny_params(), optimizer()
+    cohort = tiny_cohort()
+    empty = cohort._replace(batches=dict(
+        cohort.batches, mask=jnp.zeros_like(cohort.batches['mask'])))
+    for upload, sent in (('seeds', zo.seed_upload_bytes(S, 1)),
+                         ('delta', 4 * (D * K + K)
+                          + zo.sampler_bytes(zo.num_blocks(params)))):
+      algorithm = zo.zo_fed_avg(loss_fn, tx, optax.sgd(1.0), upload=upload,
+                                execution='sequential')
+      apply = jax.jit(algorithm.apply)
+      state = algorithm.init(params)
+      for batch in (cohort, empty):  # Weights [20, 20, 15], then all 0.
+        state, _, metrics = apply(state, (), batch, jax.random.key(0))
+        self.assertEqual(float(metrics['upload_bytes_per_client']), sent)
+      self.assertEqual(float(metrics['cohort_weight']), 0.)
+
+  @parameterized.product(upload=zo.UPLOADS)
+  def test_robust_aggregator_and_hooks_compose(self, upload):
+    params, tx = tiny_params(), optimizer()
+    seen = {}
+
+    def transform(outputs, state, cohort, key):
+      del state, cohort, key
+      seen['update'] = outputs.update  # After the replay: pseudo-gradients.
+      return outputs
+
+    def extra(outputs, aggregate, state):
+      del outputs, state
+      return {'aggregate_norm': optax.tree.norm(aggregate)}
+
+    algorithm = zo.zo_fed_avg(
+        loss_fn, tx, optax.sgd(1.0), upload=upload,
+        aggregator=aggregators.coordinate_median(), weighting='uniform',
+        transform_outputs=transform, extra_metrics=extra,
+        execution=core.Execution(strategy='sequential', unroll=2))
+    state, metrics = run_rounds(algorithm, params)
+    self.assertEqual(jax.tree.structure(seen['update']),
+                     jax.tree.structure(params))
+    self.assertGreater(moved(state.params, params), 0.)
+    self.assertIsInstance(state.algorithm_state, zo.SamplerState)
+    self.assertEqual(int(state.algorithm_state.count), 3 * S)
+    for name in ('aggregate_norm', 'upload_bytes_per_client',
+                 'downlink_bytes_per_client', 'train_loss', 'local_steps'):
+      self.assertTrue(np.isfinite(float(metrics[name])), name)
+    if upload == 'seeds':
+      self.assertEqual(float(metrics['upload_bytes_per_client']),
+                       zo.seed_upload_bytes(S, 1))
+      # The same median of the same (replayed) deltas as 'delta' mode.
+      delta_alg = zo.zo_fed_avg(
+          loss_fn, tx, optax.sgd(1.0), upload='delta',
+          aggregator=aggregators.coordinate_median(), weighting='uniform',
+          execution='sequential')
+      delta_state, _ = run_rounds(delta_alg, params)
+      test_utils.assert_trees_all_equal(delta_state.params, state.params)
+
+  def test_weighting_and_errors(self):
+    params, tx = tiny_params(), optimizer()
+    states = {}
+    for weighting in core.WEIGHTINGS:
+      algorithm = zo.zo_fed_avg(loss_fn, tx, optax.sgd(1.0),
+                                weighting=weighting, execution='sequential')
+      states[weighting], _ = run_rounds(algorithm, params, num_rounds=1)
+    # Client 2 processed 3 batches of its 4: n_k differs from processed.
+    self.assertGreater(moved(states['num_examples'].params,
+                             states['examples_processed'].params), 0.)
+    # Every client has n_k = S B: 'num_examples' is 'uniform' here.
+    test_utils.assert_trees_all_close(states['num_examples'].params,
+                                      states['uniform'].params)
+    with self.assertRaisesRegex(ValueError, 'valid choices: delta'):
+      zo.zo_fed_avg(loss_fn, tx, optax.sgd(1.0), upload='grads')
+    with self.assertRaisesRegex(ValueError, 'weighting'):
+      zo.zo_fed_avg(loss_fn, tx, optax.sgd(1.0), weighting='examples')
+    with self.assertRaisesRegex(ValueError, 'chunk_size'):
+      zo.zo_fed_avg(loss_fn, tx, optax.sgd(1.0), execution='chunked')
 
   def test_cnn_seed_uploads_are_over_1000x_smaller(self):
     model = models.create_model('cnn', num_classes=62)

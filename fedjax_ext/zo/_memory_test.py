@@ -53,6 +53,18 @@ class MemoryTest(absltest.TestCase):
     self.assertGreater(forward, 10 * zo.upload_bytes(params))  # Batch-heavy.
     self.assertLessEqual(step, 1.2 * forward)
     self.assertLess(step, 0.5 * backprop)
+    # The federated client: the same step inside the shared local loop
+    # (`clients.run_local_steps`), S = 2 batches. The loop adds only
+    # parameter-sized carries (params, momentum-free optimizer state, the
+    # masked-step select), never a second forward pass's activations.
+    batches = {'x': jnp.stack([x, x]), 'y': jnp.stack([y, y]),
+               'mask': jnp.ones((2, batch))}
+    local = lambda p, b, k: zo.zo_train_locally(
+        p, b, k, loss_fn=lambda q, bt, _: (loss(q, bt['x'], bt['y']), {}),
+        optimizer=tx, sampler=zo.sampler_state(tx.init(p)), unroll=1).params
+    client = temp_bytes(local, params, batches, jax.random.key(0))
+    self.assertLessEqual(client, 1.2 * forward + 4 * zo.upload_bytes(params))
+    self.assertLess(client, 0.5 * backprop)
 
 
 if __name__ == '__main__':

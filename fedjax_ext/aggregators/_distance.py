@@ -1,48 +1,11 @@
-r"""Byzantine-robust aggregators over stacked client updates [C, ...].
+r"""Distance-based rules: Krum, multi-Krum, Bulyan, geometric median and
+centered clipping.
 
-Every rule here is an optax-style `core.Aggregator` whose
-``update(client_updates, state, params=None, *, weights, **extra_args)``
-maps a pytree whose leaves are stacked along a leading client axis [C, ...]
-to one pytree without it. Rules that need distances (Krum, geometric median,
-centered clipping, and the pre-aggregators of `_preaggregators`) treat a
-client's whole pytree as ONE flattened vector
-:math:`x_i \in \mathbb{R}^d`; they compute it leaf by leaf (Gram matrices
-summed over leaves), never by concatenating the leaves.
-
-Robustness follows the :math:`(b, \kappa)` definition (Allouah et al.,
-"Fixing by Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity",
-AISTATS 2023, https://arxiv.org/abs/2302.01772): :math:`F` is
-:math:`(b, \kappa)`-robust if for every set :math:`S` of :math:`n - b`
-clients
-
-.. math:: \|F(x_1, \dots, x_n) - \bar x_S\|^2 \le
-   \frac{\kappa}{|S|} \sum_{i \in S} \|x_i - \bar x_S\|^2,
-
-the notion under which Ruan, Wang and Liu ("Byzantine-Robust Distributed
-SGD: A Unified Analysis and Tight Error Bounds", arXiv 2604.10179, 2026)
-bound the error floors of robust SGD with and without worker momentum.
-
-Conventions shared by every rule in this module:
-
-* **Presence.** Client :math:`i` takes part when its weight is positive and
-  finite and its squared norm :math:`\|x_i\|^2` is finite (`present_clients`).
-  A client that sends NaN or Inf, or values so large that its squared norm
-  overflows, is *rejected*: it is treated exactly like an absent client, so
-  it can never make the aggregate non-finite. The number of clients present
-  ``k`` is dynamic (traced); ``num_byzantine`` (``b``) is a static int.
-* **Weights** only decide presence: robust rules weigh present clients
-  equally, because example counts are reported by the clients themselves and
-  a Byzantine client could claim any weight. (`mean` is the exception.)
-* **Dtypes.** Arithmetic runs in float32 (or wider); outputs are cast back
-  to each leaf's dtype.
-* **Client order.** Every rule is a function of the multiset of client
-  updates (permutation invariant up to float rounding of sums); ties in
-  Krum's scores are broken by position, which only matters when the tied
-  updates are identical.
-* **Speed on CPU.** Coordinate-wise order statistics come from a sorting
-  network (`_order`), and no rule copies the [C, d] updates: Gram
-  matrices, norms and `mix_rows` matmuls read them in place (absent rows
-  masked, or cleaned only when some row is non-finite).
+These rules see a client's whole update as one flattened vector
+:math:`x_i \in \mathbb{R}^d` and select or down-weight clients by their
+Euclidean distances, computed leaf by leaf from Gram matrices
+(`pairwise_sq_distances`) without concatenating the leaves. Presence,
+dtypes and the extra arguments follow `_presence`'s conventions.
 """
 
 from typing import NamedTuple
@@ -51,119 +14,16 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_ext.aggregators import _order
-from fedjax_ext.core import Aggregator, PyTree, tree_weighted_mean
-
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-# ----------------------------------------------------------------------------
-# Shared helpers (also used by `_preaggregators`).
-# ----------------------------------------------------------------------------
-
-
-def compute_dtype(dtype) -> jnp.dtype:
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _flat_leaves(stacked: PyTree) -> list[jax.Array]:
-  """Every leaf as [C, d_leaf] in its compute dtype (>= float32)."""
-  return [leaf.reshape(leaf.shape[0], -1).astype(compute_dtype(leaf.dtype))
-          for leaf in jax.tree.leaves(stacked)]
-
-
-def client_sq_norms(stacked: PyTree) -> jax.Array:
-  r"""Squared norms [C] of each client's flattened update, in float32."""
-  return sum(jnp.sum(jnp.square(x), axis=1) for x in _flat_leaves(stacked))
-
-
-def present_clients(stacked: PyTree, weights: jax.Array) -> jax.Array:
-  r"""Boolean [C]: the clients a robust rule aggregates.
-
-  A client is present when its weight is positive and finite and the
-  squared norm of its update is finite: NaN, Inf and overflowing updates
-  (say from a Byzantine client) make a client absent, i.e. rejected.
-  """
-  weights = jnp.asarray(weights)
-  return ((weights > 0) & jnp.isfinite(weights)
-          & jnp.isfinite(client_sq_norms(stacked)))
-
-
-def finite_rows(stacked: PyTree) -> jax.Array:
-  """Boolean [C]: clients whose update has a finite squared norm."""
-  return jnp.isfinite(client_sq_norms(stacked))
-
-
-def rejected_clients(stacked: PyTree, weights: jax.Array) -> jax.Array:
-  r"""Boolean [C]: clients that sent a non-finite update or weight.
-
-  These are the clients `present_clients` leaves out for being non-finite
-  (not merely for a zero weight); their count is what a run reports.
-  """
-  weights = jnp.asarray(weights)
-  return (~jnp.isfinite(weights)) | (
-      (weights != 0) & ~jnp.isfinite(client_sq_norms(stacked)))
-
-
-def clean_rows(stacked: PyTree, present: jax.Array) -> PyTree:
-  """Absent clients' rows replaced by zeros (NaN * 0 is NaN: use where).
-
-  This writes a copy of the updates; the rules avoid it where they can
-  (`mix_rows`), because on XLA:CPU writing a fresh [100, 1.2M] array costs
-  ~0.25 s (page faults), ten times a matmul that reads it.
-  """
-
-  def clean(leaf):
-    mask = present.reshape((-1,) + (1,) * (leaf.ndim - 1))
-    return jnp.where(mask, leaf, jnp.zeros((), leaf.dtype))
-
-  return jax.tree.map(clean, stacked)
-
-
-def mix_rows(matrix: jax.Array, stacked: PyTree,
-             finite: jax.Array) -> PyTree:
-  r"""``matrix @ rows`` leaf by leaf: [M, C] (or [C]) x [C, d] matmuls.
-
-  Rows that are not ``finite`` (bool [C]) must have zero columns in
-  ``matrix`` and are read as zeros. When every row is finite (the usual
-  case) the matmul reads the updates directly; otherwise (`lax.cond`) it
-  reads a cleaned copy, since :math:`0 \cdot \mathrm{NaN} = \mathrm{NaN}`.
-
-  Returns:
-    Leaves [M, *leaf_shape] (or [*leaf_shape]) in compute dtype.
-  """
-
-  def apply(rows):
-    def mix(leaf):
-      flat = leaf.reshape(leaf.shape[0], -1)
-      dtype = compute_dtype(leaf.dtype)
-      out = jnp.matmul(matrix.astype(dtype), flat.astype(dtype),
-                       precision=_HIGHEST)
-      return out.reshape(matrix.shape[:-1] + leaf.shape[1:])
-    return jax.tree.map(mix, rows)
-
-  return jax.lax.cond(jnp.all(finite), apply,
-                      lambda rows: apply(clean_rows(rows, finite)), stacked)
-
-
-def _present_mean(stacked: PyTree, present: jax.Array,
-                  finite: jax.Array) -> PyTree:
-  """Uniform mean over present clients in compute dtype; zeros if none."""
-  return _weighted_mean(stacked, present.astype(jnp.float32), finite)
-
-
-def _weighted_mean(stacked: PyTree, weights: jax.Array,
-                   finite: jax.Array) -> PyTree:
-  """sum_i w_i x_i / sum_i w_i in compute dtype; zeros if all w_i = 0.
-
-  Rows that are not ``finite`` must have weight 0 (`mix_rows`).
-  """
-  total = jnp.sum(weights)
-  return mix_rows(weights / jnp.where(total > 0, total, 1.), stacked, finite)
-
-
-def cast_like(tree: PyTree, stacked: PyTree) -> PyTree:
-  """``tree``'s leaves cast to the dtypes of ``stacked``'s leaves."""
-  return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, stacked)
+from fedjax_ext.aggregators._presence import (cast_like, check_cohort_size,
+                                              check_num_byzantine,
+                                              check_positive,
+                                              client_sq_norms,
+                                              compute_dtype, empty_state,
+                                              finite_rows, flat_leaves,
+                                              HIGHEST, mix_rows, num_clients,
+                                              present_clients, present_mean,
+                                              weighted_rows_mean)
+from fedjax_ext.core import Aggregator, PyTree
 
 
 def pairwise_sq_distances(stacked: PyTree, present: jax.Array) -> jax.Array:
@@ -180,8 +40,8 @@ def pairwise_sq_distances(stacked: PyTree, present: jax.Array) -> jax.Array:
   would round to bfloat16).
   """
   gram = sum(jax.lax.dot_general(x, x, (((1,), (1,)), ((), ())),
-                                 precision=_HIGHEST)
-             for x in _flat_leaves(stacked))
+                                 precision=HIGHEST)
+             for x in flat_leaves(stacked))
   sq = jnp.diagonal(gram)
   dist = jnp.maximum(sq[:, None] + sq[None, :] - 2. * gram, 0.)
   dist = jnp.where(jnp.isnan(dist), jnp.inf, dist)
@@ -195,163 +55,6 @@ def ranks(values: jax.Array) -> jax.Array:
   """Rank of each entry along the last axis (0 = smallest; stable)."""
   return jnp.argsort(jnp.argsort(values, axis=-1, stable=True), axis=-1,
                      stable=True)
-
-
-def check_num_byzantine(num_byzantine: int) -> None:
-  if not isinstance(num_byzantine, int) or num_byzantine < 0:
-    raise ValueError(f'num_byzantine must be an int >= 0, got '
-                     f'{num_byzantine!r}.')
-
-
-def _empty(params: PyTree) -> tuple[()]:
-  del params
-  return ()
-
-
-# ----------------------------------------------------------------------------
-# Aggregators.
-# ----------------------------------------------------------------------------
-
-
-def mean(*, reject_non_finite: bool = False) -> Aggregator:
-  r"""The weighted mean, optionally guarded against non-finite clients.
-
-  .. math:: F(x) = \sum_i w_i x_i / \sum_i w_i.
-
-  Not robust: one Byzantine client moves it arbitrarily far
-  (:math:`\kappa = \infty`). With ``reject_non_finite=False`` it is exactly
-  `aggregators.weighted_mean` (so a run with it equals plain FedAvg bit for
-  bit) and a NaN or Inf client makes the aggregate non-finite. With
-  ``reject_non_finite=True`` clients rejected by `present_clients` get
-  weight 0 first.
-
-  Args:
-    reject_non_finite: drop non-finite clients before averaging.
-
-  Returns:
-    A stateless `core.Aggregator`.
-  """
-
-  def update_fn(client_updates, state, params=None, *, weights, **extra):
-    del params, extra
-    if not reject_non_finite:
-      return tree_weighted_mean(client_updates, weights), state
-    finite = finite_rows(client_updates)
-    present = present_clients(client_updates, weights)
-    weights = jnp.where(present, weights, 0.).astype(jnp.float32)
-    return cast_like(_weighted_mean(client_updates, weights, finite),
-                      client_updates), state
-
-  return Aggregator(_empty, update_fn)
-
-
-def _num_clients(stacked: PyTree) -> int:
-  return jax.tree.leaves(stacked)[0].shape[0]
-
-
-def coordinate_median(*, method: str = 'auto') -> Aggregator:
-  r"""Coordinate-wise median (CWMed) of the present clients.
-
-  .. math:: F(x)_j = \operatorname{median}_i\, x_{i, j},
-
-  the mean of the two middle values when the number of present clients
-  ``k`` is even. :math:`(b, \kappa)`-robust with
-  :math:`\kappa \le 4 (1 + b / (n - 2b))^2` (Allouah et al. 2023).
-
-  The order statistics come from `_order` (a pruned sorting network on CPU,
-  ``jnp.sort`` elsewhere; identical values).
-
-  References:
-    Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed
-    Learning: Towards Optimal Statistical Rates", ICML 2018,
-    https://arxiv.org/abs/1803.01498.
-
-  Args:
-    method: ``'auto'``, ``'network'`` or ``'sort'`` (`_order.coordinatewise`).
-
-  Returns:
-    A stateless `core.Aggregator`; zeros when no client is present.
-  """
-  _order.check_method(method)
-
-  def update_fn(client_updates, state, params=None, *, weights, **extra):
-    del params, extra
-    present = present_clients(client_updates, weights)
-    n = _num_clients(client_updates)
-    k = jnp.sum(present)
-    # Absent clients split around the present ones: rows lo, hi are the
-    # middle ones of the present values, near n / 2 for every k.
-    low_pad = _order.centred_low_pad(n, k)
-    lo, hi = low_pad + jnp.maximum(k - 1, 0) // 2, low_pad + k // 2
-    outputs = _order.needed_rows(
-        n, lambda c: (_order.centred_low_pad(n, c) + (c - 1) // 2,
-                      _order.centred_low_pad(n, c) + c // 2))
-
-    def combine(rows):
-      mid = (0.5 * _order.select_row(rows, lo)
-             + 0.5 * _order.select_row(rows, hi))
-      return jnp.where(k > 0, mid, 0.)
-
-    return _order.coordinatewise(combine, client_updates, present,
-                                 low_pad, outputs, method=method), state
-
-  return Aggregator(_empty, update_fn)
-
-
-def _trim(num_byzantine, k):
-  """Values trimmed per side: ``min(b, floor((k - 1) / 2))`` (>= 0)."""
-  return jnp.minimum(num_byzantine, jnp.maximum(k - 1, 0) // 2)
-
-
-def trimmed_mean(num_byzantine: int, *, method: str = 'auto') -> Aggregator:
-  r"""Coordinate-wise trimmed mean (CWTM).
-
-  Per coordinate, drop the ``b`` largest and ``b`` smallest values of the
-  ``k`` present clients and average the remaining ``k - 2b``. If
-  ``k <= 2b`` the trim shrinks to :math:`\lfloor (k - 1) / 2 \rfloor` per
-  side (the median). :math:`\kappa \le \frac{6b}{n - 2b}
-  (1 + \frac{b}{n - 2b})` (Allouah et al. 2023).
-
-  References:
-    Yin et al., ICML 2018, https://arxiv.org/abs/1803.01498.
-
-  Args:
-    num_byzantine: ``b``, values trimmed at each end per coordinate.
-    method: ``'auto'``, ``'network'`` or ``'sort'`` (`_order.coordinatewise`).
-
-  Returns:
-    A stateless `core.Aggregator`; zeros when no client is present.
-  """
-  check_num_byzantine(num_byzantine)
-  _order.check_method(method)
-
-  def update_fn(client_updates, state, params=None, *, weights, **extra):
-    del params, extra
-    present = present_clients(client_updates, weights)
-    n = _num_clients(client_updates)
-    k = jnp.sum(present)
-    trim = _trim(num_byzantine, k)
-    kept = jnp.maximum(k - 2 * trim, 1).astype(jnp.float32)
-    low_pad = _order.centred_low_pad(n, k)
-    lo, hi = low_pad + trim, low_pad + k - trim  # Kept sorted rows.
-
-    def rows_for(c):
-      t = min(num_byzantine, (c - 1) // 2)
-      pad = _order.centred_low_pad(n, c)
-      return range(pad + t, pad + c - t)
-
-    outputs = _order.needed_rows(n, rows_for)
-
-    def combine(rows):
-      total = jnp.zeros_like(rows[outputs[0]])
-      for r in outputs:  # Kept rows are present, hence finite.
-        total = total + jnp.where((lo <= r) & (r < hi), rows[r], 0.)
-      return total / kept
-
-    return _order.coordinatewise(combine, client_updates, present,
-                                 low_pad, outputs, method=method), state
-
-  return Aggregator(_empty, update_fn)
 
 
 def krum_scores(dist: jax.Array, present: jax.Array,
@@ -388,7 +91,8 @@ def multi_krum(num_byzantine: int,
     https://papers.nips.cc/paper/6617.
 
   Args:
-    num_byzantine: ``b``.
+    num_byzantine: ``b``; ``2 b`` must be below the cohort size C (a
+      ValueError naming it when the round is traced).
     num_selected: clients averaged; ``None`` selects ``k - b`` (ByzFL's
       MultiKrum default), clamped to at least 1.
 
@@ -399,8 +103,11 @@ def multi_krum(num_byzantine: int,
   if num_selected is not None and num_selected < 1:
     raise ValueError(f'num_selected must be >= 1, got {num_selected}.')
 
+  rule = 'krum' if num_selected == 1 else 'multi_krum'
+
   def update_fn(client_updates, state, params=None, *, weights, **extra):
     del params, extra
+    check_cohort_size(num_byzantine, client_updates, rule)
     present = present_clients(client_updates, weights)
     k = jnp.sum(present)
     dist = pairwise_sq_distances(client_updates, present)
@@ -408,11 +115,11 @@ def multi_krum(num_byzantine: int,
     m = (jnp.maximum(k - num_byzantine, 1) if num_selected is None
          else jnp.minimum(num_selected, jnp.maximum(k, 1)))
     selected = present & (ranks(scores) < m)
-    return cast_like(_present_mean(client_updates, selected,
+    return cast_like(present_mean(client_updates, selected,
                                     finite_rows(client_updates)),
                       client_updates), state
 
-  return Aggregator(_empty, update_fn)
+  return Aggregator(empty_state, update_fn)
 
 
 def krum(num_byzantine: int) -> Aggregator:
@@ -456,7 +163,7 @@ def bulyan(num_byzantine: int, *, method: str = 'auto') -> Aggregator:
     Learning in Byzantium", ICML 2018, https://arxiv.org/abs/1802.07927.
 
   Args:
-    num_byzantine: ``b``.
+    num_byzantine: ``b``, with ``2 b < C`` (checked when traced).
     method: ``'auto'``, ``'network'`` or ``'sort'`` (`_order.coordinatewise`).
 
   Returns:
@@ -468,8 +175,9 @@ def bulyan(num_byzantine: int, *, method: str = 'auto') -> Aggregator:
 
   def update_fn(client_updates, state, params=None, *, weights, **extra):
     del params, extra
+    check_cohort_size(num_byzantine, client_updates, 'bulyan')
     present = present_clients(client_updates, weights)
-    n = _num_clients(client_updates)
+    n = num_clients(client_updates)
     k = jnp.sum(present)
     dist = pairwise_sq_distances(client_updates, present)
     dist = 0.5 * (dist + dist.T)  # Exactly symmetric: ties stay ties.
@@ -541,7 +249,7 @@ def bulyan(num_byzantine: int, *, method: str = 'auto') -> Aggregator:
     return jax.lax.cond(k == n, lambda: aggregate(full, method),
                         lambda: aggregate(theta, slow_method)), state
 
-  return Aggregator(_empty, update_fn)
+  return Aggregator(empty_state, update_fn)
 
 
 def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
@@ -565,17 +273,19 @@ def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
     Learning", IEEE TSP 2022, https://arxiv.org/abs/1912.13445.
 
   Args:
-    smoothing: :math:`\nu > 0`.
-    max_iterations: at most this many Weiszfeld steps (static).
-    tolerance: stop once (f_old - f_new) <= tolerance * f_new.
+    smoothing: :math:`\nu > 0`, finite.
+    max_iterations: at most this many Weiszfeld steps (static int).
+    tolerance: stop once (f_old - f_new) <= tolerance * f_new (>= 0).
 
   Returns:
     A stateless `core.Aggregator`; zeros when no client is present.
   """
-  if smoothing <= 0:
-    raise ValueError(f'smoothing must be > 0, got {smoothing}.')
-  if max_iterations < 1:
-    raise ValueError(f'max_iterations must be >= 1, got {max_iterations}.')
+  check_positive('smoothing', smoothing, finite=True)
+  if not isinstance(max_iterations, int) or max_iterations < 1:
+    raise ValueError(f'max_iterations must be an int >= 1, got '
+                     f'{max_iterations!r}.')
+  if not tolerance >= 0:
+    raise ValueError(f'tolerance must be a number >= 0, got {tolerance!r}.')
 
   def update_fn(client_updates, state, params=None, *, weights, **extra):
     del params, extra
@@ -583,7 +293,7 @@ def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
     finite = finite_rows(client_updates)
     # [C, d] leaves of the raw updates: distances are fused reductions and
     # means are matmuls that never copy the updates (absent rows: masked).
-    xs = _flat_leaves(client_updates)
+    xs = flat_leaves(client_updates)
 
     def distances(z):
       sq = sum(jnp.sum(jnp.square(x - zl[None]), axis=1)
@@ -598,11 +308,11 @@ def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
     def body(carry):  # One Weiszfeld step: two passes over the updates.
       i, _, d, f_old, _ = carry
       beta = jnp.where(present, 1. / jnp.maximum(smoothing, d), 0.)
-      z_new = _weighted_mean(xs, beta, finite)
+      z_new = weighted_rows_mean(xs, beta, finite)
       d_new = distances(z_new)
       return i + 1, z_new, d_new, jnp.sum(d_new), f_old
 
-    z0 = _present_mean(xs, present, finite)
+    z0 = present_mean(xs, present, finite)
     d0 = distances(z0)
     f0 = jnp.sum(d0)
     _, z, _, _, _ = jax.lax.while_loop(
@@ -612,7 +322,7 @@ def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
                                      in zip(z, leaves)])
     return cast_like(z, client_updates), state
 
-  return Aggregator(_empty, update_fn)
+  return Aggregator(empty_state, update_fn)
 
 
 class CenteredClippingState(NamedTuple):
@@ -639,17 +349,18 @@ def centered_clipping(radius: float = 1.0, *,
     Optimization", ICML 2021, https://arxiv.org/abs/2012.10333.
 
   Args:
-    radius: the clipping radius :math:`\tau > 0`.
+    radius: the clipping radius :math:`\tau > 0` (``inf``: the mean of
+      the present clients, iterated from the center).
     num_iterations: ``l >= 1`` (static).
 
   Returns:
     A `core.Aggregator` whose state (`CenteredClippingState`) holds the
     previous aggregate.
   """
-  if radius <= 0:
-    raise ValueError(f'radius must be > 0, got {radius}.')
-  if num_iterations < 1:
-    raise ValueError(f'num_iterations must be >= 1, got {num_iterations}.')
+  check_positive('radius', radius)
+  if not isinstance(num_iterations, int) or num_iterations < 1:
+    raise ValueError(f'num_iterations must be an int >= 1, got '
+                     f'{num_iterations!r}.')
 
   def init_fn(params):
     return CenteredClippingState(center=jax.tree.map(

@@ -1,0 +1,1 @@
+"""ml_collections config files for `python -m experiments.train --config=`."""
