@@ -139,6 +139,10 @@ flags.DEFINE_string('workdir', _D.workdir,
                     '<algorithm>-seed<seed>-<time>).')
 flags.DEFINE_bool('resume', _D.resume,
                   'Continue from the latest checkpoint in --workdir.')
+flags.DEFINE_integer('resume_from', _D.resume_from,
+                     'Continue from the checkpoint of this round (e.g. when '
+                     'the latest is corrupted); later checkpoints and '
+                     'metrics lines are deleted.')
 
 # Multi-process runs (launch/local_multiprocess.py, launch/tpu_pod.sh,
 # launch/slurm.sbatch set these); not part of the experiment's config.
@@ -210,10 +214,13 @@ def main(argv):
   initialize_distributed()
   try:
     training.run_experiment(config)
-  except (training.ConfigError, data.DataError) as e:
+  except (training.ConfigError, training.CheckpointError,
+          data.DataError) as e:
     fail(str(e))
   except training.NonFiniteError as e:
     fail(str(e), status=1)
+  except training.Preempted as e:
+    fail(str(e), status=e.exit_status)
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
-"""Byzantine robustness end to end: attacks, momentum, DSGD, the round."""
+"""Byzantine robustness end to end: attacks, momentum, DSGD, the round,
+the sweep of `experiments.byzantine` (its --quick mode, in-process) and the
+quadratic probe."""
 
-import json
-
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +15,12 @@ from fedjax_ext import byzantine
 from fedjax_ext import clients
 from fedjax_ext import core
 from fedjax_ext import models
+from fedjax_ext import training
 from fedjax_ext._src import test_utils
 
 from _cli_runner import run_module
+from benchmarks.probes import byzantine_quadratic
+from experiments import byzantine as experiment
 
 
 C, S, B, D, K = 6, 2, 4, 5, 3  # clients, steps, batch, features, classes.
@@ -165,7 +169,8 @@ def test_no_attack_and_mean_equals_fedavg_bit_for_bit():
   plain = algorithms.fed_avg(loss_fn, optax.sgd(0.3), optax.sgd(1.0))
   robust = byzantine.robust_algorithm(
       loss_fn, aggregators.mean(), optax.sgd(1.0), mode='fedavg',
-      client_optimizer=optax.sgd(0.3), attack=None, weighting='examples')
+      client_optimizer=optax.sgd(0.3), attack=None,
+      weighting='num_examples')  # fed_avg's default.
   plain_cohorts = [toy_cohort(r) for r in range(3)]
   want, _, want_m = run_rounds(plain, params, plain_cohorts)
   got, _, got_m = run_rounds(robust, params, cohorts)
@@ -244,8 +249,8 @@ def test_label_flip_trains_byzantine_clients_on_flipped_labels():
   def updates(algorithm, cohort):
     keys = core.client_keys(jax.random.key(1), jnp.int32(0),
                             cohort.client_ids)
-    fn = jax.vmap(algorithm, in_axes=(None, None, 0, 0))
-    return fn(params, (), cohort.batches, keys).update
+    fn = jax.vmap(algorithm, in_axes=(None, None, 0, 0, 0))
+    return fn(params, (), cohort.batches, keys, cohort.client_info()).update
 
   attacked = byzantine.byzantine_client(byzantine.sgd_gradient(loss_fn),
                                         flip_labels=True, num_classes=K)
@@ -254,24 +259,69 @@ def test_label_flip_trains_byzantine_clients_on_flipped_labels():
                                     updates(honest, flipped))
 
 
-def test_experiment_quick_and_bad_flags(tmp_path, data_dir):
-  workdir = tmp_path / 'byz'
-  done = run_module('experiments.byzantine', '--quick',
-                    f'--workdir={workdir}', f'--data_dir={data_dir}')
-  assert done.returncode == 0, done.stderr[-2000:]
-  lines = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
-  nan = [l for l in lines if l['attack'] == 'nan']
-  nan_mean = [l for l in nan if l['aggregator'] == 'mean']
-  nan_robust = [l for l in nan if l['aggregator'] == 'nnm_trimmed_mean']
-  assert nan_mean and not any(l['finite'] for l in nan_mean)
-  assert all(l['finite'] and l['rejected_updates'] > 0 for l in nan_robust)
-  # The optimal ALIE reports the factor it chose against each rule.
-  optimal = [l for l in lines if l['attack'] == 'alie_optimal']
-  assert optimal and all(l['median_attack_factor'] > 0 for l in optimal)
-  for name in ('table.md', 'heatmap.png', 'quadratic.png',
-               'quadratic.jsonl'):
-    assert (workdir / name).stat().st_size > 0
+def quick_settings(*args):
+  fv = flags.FlagValues()
+  experiment.define_flags(fv)
+  fv(['byzantine', '--quick', *args])
+  return experiment.settings_from_flags(fv)
+
+
+def test_experiment_quick_in_process(tmp_path, data_dir):
+  s = quick_settings(f'--workdir={tmp_path}', f'--data_dir={data_dir}')
+  lines = experiment.run(s, log=lambda _: None)
+  # 1 dataset x 2 aggregators x 2 attacks x 2 fractions x 2 momenta.
+  assert len(lines) == 16
+  cell = {(l['aggregator'], l['attack'], l['fraction'], l['momentum']): l
+          for l in lines}
+  for fraction, beta in [(f, m) for f in (0.1, 0.2) for m in (0., 0.9)]:
+    # The plain mean lets NaN through (its run stops); NNM + TM rejects
+    # every Byzantine update of every round and stays finite.
+    assert not cell[('mean', 'nan', fraction, beta)]['finite']
+    robust = cell[('nnm_trimmed_mean', 'nan', fraction, beta)]
+    assert robust['finite'] and robust['byzantine'] == round(20 * fraction)
+    assert robust['rejected_updates'] == robust['byzantine'] * s.rounds
+    # The optimal ALIE drives the mean to the largest z of the grid and
+    # collapses it; against NNM + TM it picks a moderate z.
+    mean = cell[('mean', 'alie_optimal', fraction, beta)]
+    nnm = cell[('nnm_trimmed_mean', 'alie_optimal', fraction, beta)]
+    assert mean['median_attack_factor'] == pytest.approx(32.)
+    assert 0 < nnm['median_attack_factor'] < 32.
+    assert mean['test_accuracy'] < 0.1 < nnm['test_accuracy']
+    if beta == 0.:
+      assert nnm['test_accuracy'] > 0.5
+  for name in ('results.jsonl', 'table.md', 'heatmap.png'):
+    assert (tmp_path / name).stat().st_size > 0
+  assert '| mean | nan | 0.3 |' in (tmp_path / 'table.md').read_text()
+  run_dir = tmp_path / 'digits' / 'nnm_trimmed_mean-alie_optimal-f0.2-m0.9'
+  assert (run_dir / 'metrics.jsonl').stat().st_size > 0
+  # Rerunning into the same workdir needs --resume.
+  with pytest.raises(training.ConfigError, match='--resume'):
+    experiment.run(s, log=lambda _: None)
+
+
+def test_experiment_quick_lets_explicit_flags_win():
+  s = quick_settings('--workdir=/nonexistent', '--rounds=2',
+                     '--attacks=none')
+  assert (s.rounds, s.attacks, s.datasets) == (2, ['none'], ['digits'])
+  assert s.fractions == [0.1, 0.2]
+
+
+def test_experiment_bad_flag_exits_2(tmp_path):
   bad = run_module('experiments.byzantine', '--attacks=oops',
-                   f'--workdir={workdir}')
+                   f'--workdir={tmp_path}')
   assert bad.returncode == 2
   assert bad.stderr.strip().startswith('error:') and 'sign_flip' in bad.stderr
+  assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_quadratic_probe_floors(tmp_path):
+  lines = byzantine_quadratic.run(str(tmp_path), names=('trimmed_mean',),
+                                  rounds=50, seeds=1)
+  assert len(lines) == 20  # (5 G2 + 5 sigma2 points) x 2 momenta.
+  floors = {(l['G2'], l['sigma2'], l['momentum']): l['floor'] for l in lines}
+  assert all(np.isfinite(v) and v > 0 for v in floors.values())
+  # Without momentum the floor grows with heterogeneity and with noise.
+  assert floors[(16., 1., 0.)] > floors[(0., 1., 0.)]
+  assert floors[(1., 16., 0.)] > floors[(1., 0., 0.)]
+  for name in ('quadratic.jsonl', 'quadratic.png'):
+    assert (tmp_path / name).stat().st_size > 0

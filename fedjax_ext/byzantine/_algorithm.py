@@ -171,6 +171,7 @@ def robust_algorithm(loss_fn: clients.LossFn,
                      mode: str = 'fedavg',
                      client_optimizer: optax.GradientTransformation
                      | None = None,
+                     prox_mu: float = 0.,
                      attack: _attacks.Attack | None = None,
                      num_classes: int | None = None,
                      momentum: jax.typing.ArrayLike | None = None,
@@ -198,6 +199,7 @@ def robust_algorithm(loss_fn: clients.LossFn,
       `_clients.sgd_gradient`).
     client_optimizer: the local optimizer of ``'fedavg'`` (``'dsgd'`` takes
       none).
+    prox_mu: FedProx's mu of the ``'fedavg'`` clients (0: FedAvg).
     attack: what Byzantine clients do; ``None`` = honest everywhere (no
       attack hook runs). Optimised attacks targeting `aggregator` simulate
       it from its current state (`attack_outputs`).
@@ -230,12 +232,12 @@ def robust_algorithm(loss_fn: clients.LossFn,
   if mode == 'fedavg':
     if client_optimizer is None:
       raise ValueError("mode='fedavg' needs a client_optimizer.")
-    honest = clients.local_sgd(loss_fn, client_optimizer,
+    honest = clients.local_sgd(loss_fn, client_optimizer, prox_mu=prox_mu,
                                unroll=execution.unroll)
   else:
-    if client_optimizer is not None:
+    if client_optimizer is not None or prox_mu:
       raise ValueError("mode='dsgd' takes one gradient per round; "
-                       'client_optimizer must be None.')
+                       'client_optimizer must be None and prox_mu 0.')
     honest = _clients.sgd_gradient(loss_fn)
   init_client_state = lambda params: ()
   if momentum is not None:

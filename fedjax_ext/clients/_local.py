@@ -34,6 +34,9 @@ class LocalStats(NamedTuple):
   accuracy: jax.Array  # float32: mean training accuracy likewise.
   num_steps: jax.Array  # float32: steps that saw at least one real example.
   num_examples: jax.Array  # float32: real examples processed (with repeats).
+  # The loss function's other metrics (e.g. ISR's 'mi_loss'), averaged over
+  # the real examples seen like `loss`.
+  extra: dict[str, jax.Array] = {}
 
 
 # ``step_fn(params, opt_state, batch, step_key) -> (params, opt_state, loss,
@@ -85,7 +88,7 @@ def run_local_steps(params: Params, opt_state: optax.OptState,
     unroll = core.local_steps_unroll(params)
 
   def step(carry, inputs):
-    p, st, totals = carry
+    p, st, totals, extra = carry
     s, batch = inputs
     new_p, new_st, loss, metrics, out = step_fn(p, st, batch,
                                                 jax.random.fold_in(key, s))
@@ -95,15 +98,28 @@ def run_local_steps(params: Params, opt_state: optax.OptState,
     accuracy = metrics.get('accuracy', jnp.zeros(()))
     totals = totals + jnp.stack([loss * count, accuracy * count,
                                  active.astype(jnp.float32), count])
-    return (p, st, totals), (out, active)
+    extra = {k: extra[k] + metrics[k] * count for k in extra}
+    return (p, st, totals, extra), (out, active)
 
-  init = (params, opt_state, jnp.zeros(4, jnp.float32))
-  (local, final_state, totals), (outs, active) = jax.lax.scan(
+  extra_names = _extra_metric_names(step_fn, params, opt_state, batches, key)
+  init = (params, opt_state, jnp.zeros(4, jnp.float32),
+          {k: jnp.zeros((), jnp.float32) for k in extra_names})
+  (local, final_state, totals, extra), (outs, active) = jax.lax.scan(
       step, init, (jnp.arange(num_steps), batches), unroll=unroll)
   seen = jnp.maximum(totals[3], 1.)
   stats = LocalStats(loss=totals[0] / seen, accuracy=totals[1] / seen,
-                     num_steps=totals[2], num_examples=totals[3])
+                     num_steps=totals[2], num_examples=totals[3],
+                     extra={k: v / seen for k, v in extra.items()})
   return LocalRun(local, final_state, stats, outs, active)
+
+
+def _extra_metric_names(step_fn, params, opt_state, batches, key):
+  """Scalar metrics of `step_fn` beyond 'accuracy' (from shapes only)."""
+  batch = jax.tree.map(lambda v: v[0], batches)
+  _, _, _, metrics, _ = jax.eval_shape(step_fn, params, opt_state, batch,
+                                       key)
+  return sorted(k for k, v in metrics.items()
+                if k != 'accuracy' and not v.shape)
 
 
 def train_locally(params: Params, batches: dict[str, jax.Array],
@@ -152,9 +168,15 @@ def train_locally(params: Params, batches: dict[str, jax.Array],
 
 
 def stats_metrics(stats: LocalStats) -> dict[str, jax.Array]:
-  """The `ClientOutput.metrics` every local-training client reports."""
-  return {'train_loss': stats.loss, 'train_accuracy': stats.accuracy,
-          'local_steps': stats.num_steps}
+  """The `ClientOutput.metrics` every local-training client reports.
+
+  ``train_loss``, ``train_accuracy``, ``local_steps`` and the loss
+  function's other metrics as ``train_<name>`` (e.g. ``train_mi_loss``).
+  """
+  metrics = {'train_loss': stats.loss, 'train_accuracy': stats.accuracy,
+             'local_steps': stats.num_steps}
+  metrics.update({f'train_{k}': v for k, v in stats.extra.items()})
+  return metrics
 
 
 def local_sgd(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,

@@ -1,6 +1,7 @@
 """Experiment plumbing: the one experiment loop, configs, composition by
 name, evaluation, outputs, checkpoints and plots."""
 
+from fedjax_ext.training._checkpoint import CheckpointError
 from fedjax_ext.training._checkpoint import Checkpointer
 from fedjax_ext.training._compose import AGGREGATORS
 from fedjax_ext.training._compose import CLIENT_OPTIMIZERS
@@ -21,8 +22,11 @@ from fedjax_ext.training._loop import run_experiment
 from fedjax_ext.training._loop import validate_config
 from fedjax_ext.training._outputs import MetricsWriter
 from fedjax_ext.training._outputs import read_metrics
+from fedjax_ext.training._plots import mean_curve
 from fedjax_ext.training._plots import plot_metrics
+from fedjax_ext.training._plots import plot_runs
 from fedjax_ext.training._runner import Evaluator
 from fedjax_ext.training._runner import NonFiniteError
+from fedjax_ext.training._runner import Preempted
 from fedjax_ext.training._runner import run_rounds
 from fedjax_ext.training._runner import RunResult

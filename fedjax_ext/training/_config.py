@@ -72,6 +72,9 @@ class ExperimentConfig:
   eval_batch_size: int = 500
   workdir: str | None = None
   resume: bool = False
+  # Resume from the checkpoint of this round (implies resume); later
+  # checkpoints and metrics lines are deleted.
+  resume_from: int | None = None
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -90,7 +93,8 @@ class ExperimentConfig:
 
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ('rounds', 'eval_every', 'checkpoint_every', 'resume',
-                     'workdir', 'data_dir', 'eval_batch_size', 'execution')
+                     'resume_from', 'workdir', 'data_dir', 'eval_batch_size',
+                     'execution')
 
 
 def _require(ok: bool, flag: str, allowed: str, value: Any) -> None:
@@ -149,6 +153,10 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
     value = getattr(c, flag)
     _require(isinstance(value, int) and value >= 1, flag,
              'an integer >= 1', value)
+  _require(c.resume_from is None or (isinstance(c.resume_from, int)
+                                     and c.resume_from >= 1),
+           'resume_from', 'a round >= 1 that has a checkpoint',
+           c.resume_from)
   _require(c.num_clients is None or c.num_clients >= 1, 'num_clients',
            'an integer >= 1', c.num_clients)
   if c.num_clients is not None:

@@ -12,7 +12,6 @@ and resume. Clients and batch order come from (seed, round)
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, NamedTuple
@@ -157,21 +156,6 @@ def default_workdir(config: ExperimentConfig) -> str:
                       f'seed{config.seed}-{stamp}')
 
 
-def _check_resume_compatible(workdir: str, config: ExperimentConfig) -> None:
-  path = os.path.join(workdir, _runner.CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  now = dataclasses.asdict(config)
-  changed = [k for k in now if k not in _config.RESUMABLE_CHANGES
-             and json.loads(json.dumps(now[k])) != saved.get(k)]
-  if changed:
-    raise ConfigError(
-        f'--resume: {", ".join("--" + k for k in changed)} differ from the '
-        f'run saved in {workdir}; resume with the same values.')
-
-
 def run_experiment(config: ExperimentConfig, *,
                    log: Callable[[str], None] = print) -> _runner.RunResult:
   """Trains, evaluates and checkpoints one federated run (module doc)."""
@@ -219,8 +203,6 @@ def run_experiment(config: ExperimentConfig, *,
         round_num=r, local_epochs=local_epochs)
     return cohort._replace(info=extra_info(cohort.client_ids))
 
-  if config.resume:
-    _check_resume_compatible(workdir, config)
   log(f'{config.algorithm} on {config.dataset}: {federation.num_clients} '
       f'clients, {config.clients_per_round} per round, {num_steps} local '
       f'steps of batch {config.batch_size}, {config.rounds} rounds, '
@@ -232,5 +214,6 @@ def run_experiment(config: ExperimentConfig, *,
       cohorts=cohorts, rounds=config.rounds, key=run_key, workdir=workdir,
       evaluators=evaluators, eval_every=config.eval_every,
       checkpoint_every=config.checkpoint_every, resume=config.resume,
-      config=dataclasses.asdict(config),
+      resume_from=config.resume_from, config=dataclasses.asdict(config),
+      config_may_differ=_config.RESUMABLE_CHANGES,
       title=f'{config.algorithm} on {config.dataset}', log=log)

@@ -10,6 +10,11 @@ not finite numbers are written as ``null`` (with the key listed under
 
 TensorBoard event files come from tensorboardX (no TensorFlow needed):
 ``tensorboard --logdir <workdir>/tensorboard``.
+
+Every path goes through `etils.epath` (the path layer of orbax and
+big_vision), so a workdir may be ``gs://...``; object stores have no
+append, so there each evaluation rewrites the file (temp + rename), and
+only the process that writes (process 0) creates a writer.
 """
 
 import json
@@ -17,6 +22,7 @@ import math
 import os
 from typing import Any, Mapping
 
+from etils import epath
 import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
@@ -39,17 +45,22 @@ def json_safe(line: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
+def is_local(path: epath.PathLike) -> bool:
+  """Whether `path` is on a local file system (append and fsync work)."""
+  return '://' not in os.fspath(path)
+
+
+def read_metrics(path: epath.PathLike) -> list[dict[str, Any]]:
   """The complete lines of a metrics.jsonl (a cut last line is skipped).
 
   Raises:
     ValueError: naming the file and line when a line other than the last
       is not a JSON object.
   """
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return []
-  with open(path) as f:
-    raw = f.read().splitlines()
+  raw = path.read_text().splitlines()
   lines = []
   for number, text in enumerate(raw, start=1):
     if not text.strip():
@@ -66,15 +77,23 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
   return lines
 
 
-def rewrite_metrics(path: str, lines: list[Mapping[str, Any]]) -> None:
-  """Atomically replaces `path` by `lines` (temp file, fsync, rename)."""
-  temp = path + '.tmp'
-  with open(temp, 'w') as f:
-    for line in lines:
-      f.write(json.dumps(json_safe(line)) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temp, path)
+def write_atomically(path: epath.PathLike, text: str | bytes) -> None:
+  """Replaces `path` by `text` (a temp file, fsync'ed, then renamed)."""
+  path = epath.Path(path)
+  temp = path.parent / (path.name + '.tmp')
+  with temp.open('wb' if isinstance(text, bytes) else 'w') as f:
+    f.write(text)
+    if is_local(path):
+      f.flush()
+      os.fsync(f.fileno())
+  temp.replace(path)
+
+
+def rewrite_metrics(path: epath.PathLike,
+                    lines: list[Mapping[str, Any]]) -> None:
+  """Atomically replaces `path` by `lines`."""
+  write_atomically(path, ''.join(json.dumps(json_safe(line)) + '\n'
+                                 for line in lines))
 
 
 class MetricsWriter:
@@ -84,20 +103,27 @@ class MetricsWriter:
   nothing.
   """
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self._file = open(self.path, 'a')
+  def __init__(self, workdir: epath.PathLike, *, tensorboard: bool = True,
+               lines: list[Mapping[str, Any]] = ()):
+    """Opens ``<workdir>/metrics.jsonl`` after `lines` (already in it)."""
+    self.path = epath.Path(workdir) / METRICS_FILE
+    self._lines = [json_safe(line) for line in lines]
+    self._file = self.path.open('a') if is_local(self.path) else None
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
-                               flush_secs=30)
+      self._tb = SummaryWriter(os.fspath(epath.Path(workdir) /
+                                         TENSORBOARD_DIR), flush_secs=30)
 
   def write(self, line: Mapping[str, Any]) -> None:
     safe = json_safe(line)
-    self._file.write(json.dumps(safe) + '\n')
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    self._lines.append(safe)
+    if self._file is None:
+      rewrite_metrics(self.path, self._lines)
+    else:
+      self._file.write(json.dumps(safe) + '\n')
+      self._file.flush()
+      os.fsync(self._file.fileno())
     if self._tb is not None:
       step = int(safe['round'])
       for key, value in safe.items():
@@ -106,7 +132,8 @@ class MetricsWriter:
           self._tb.add_scalar(key, value, step)
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 

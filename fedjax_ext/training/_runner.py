@@ -16,19 +16,31 @@ arguments. The loop owns the host-side plumbing, written once:
   the previous evaluation, the elapsed time and the median round time;
 * outputs (process 0 only): append-only ``metrics.jsonl``, TensorBoard
   event files, ``metrics.png`` at the end, ``config.json``;
-* orbax checkpoints every `checkpoint_every` rounds and at the end, and
-  resume: the state, the client store and the metrics lines up to the
-  checkpoint's round come back, later lines are dropped, and round keys
-  and cohorts depend only on (seed, round), so a resumed run equals an
-  uninterrupted one.
+* orbax checkpoints every `checkpoint_every` rounds and at the end,
+  verified by checksums on restore (`Checkpointer`), and resume: the state,
+  the client store, the metrics lines up to the checkpoint's round and the
+  per-round metrics since the last evaluation come back, later lines are
+  dropped explicitly, and round keys and cohorts depend only on (seed,
+  round), so a resumed run's metrics equal an uninterrupted one's;
+* one owner per workdir: an advisory lock (pid and host in
+  ``<workdir>/.lock``) refuses a second run in the same workdir, and a
+  workdir whose ``config.json`` differs from this run's refuses it too;
+* preemption: SIGTERM or SIGINT (how TPU pods, SLURM and Ctrl-C stop a
+  job) finish the current round, save a checkpoint and raise `Preempted`,
+  whose ``exit_status`` (128 + signal) the scripts exit with.
 """
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import statistics
+import threading
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -37,15 +49,95 @@ from fedjax_ext.training import _distributed
 from fedjax_ext.training import _outputs
 from fedjax_ext.training import _plots
 from fedjax_ext.training import _prefetch
+from fedjax_ext.training._checkpoint import CheckpointError
 from fedjax_ext.training._checkpoint import Checkpointer
 from fedjax_ext.training._config import ConfigError
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+LOCK_FILE = '.lock'
 
 
 class NonFiniteError(RuntimeError):
   """Training produced a non-finite loss or model."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM / SIGINT stopped the run after saving a checkpoint."""
+
+  def __init__(self, message: str, exit_status: int):
+    super().__init__(message)
+    self.exit_status = exit_status
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: epath.Path):
+  """Holds ``<workdir>/.lock`` (fcntl advisory lock with pid and host).
+
+  Raises:
+    ConfigError: naming the holder when another process holds it.
+  """
+  if '://' in os.fspath(workdir):  # Object stores have no file locks.
+    yield
+    return
+  import fcntl  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.fspath(workdir), LOCK_FILE)
+  with open(path, 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise ConfigError(f'--workdir={workdir} is in use by {holder}; wait '
+                        'for it to finish or choose another --workdir.') \
+          from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _config_differences(saved: Mapping[str, Any], config: Mapping[str, Any],
+                        may_differ: Sequence[str]) -> list[str]:
+  now = json.loads(json.dumps(config))
+  return sorted(k for k in set(now) | set(saved)
+                if k not in may_differ and now.get(k) != saved.get(k))
+
+
+class _StopRequests:
+  """Records SIGTERM / SIGINT instead of dying mid-round (main thread)."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self) -> '_StopRequests':
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C stops at once.
+    self.signum = signum
+
+  def requested(self) -> bool:
+    stop = self.signum is not None
+    if _distributed.is_multiprocess():  # Every process stops together.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      stop = bool(np.max(multihost_utils.process_allgather(
+          np.int32(stop))))
+    return stop
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 class Evaluator(Protocol):
@@ -85,7 +177,9 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
                eval_every: int = 10,
                checkpoint_every: int = 50,
                resume: bool = False,
+               resume_from: int | None = None,
                config: Mapping[str, Any] | None = None,
+               config_may_differ: Sequence[str] = (),
                title: str | None = None,
                tensorboard: bool = True,
                log: Callable[[str], None] = print) -> RunResult:
@@ -105,7 +199,13 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
     eval_every: evaluate and write a line every this many rounds.
     checkpoint_every: save a checkpoint every this many rounds.
     resume: continue from the latest checkpoint in `workdir`.
-    config: written to ``config.json`` (and compared on resume).
+    resume_from: continue from the checkpoint of this round instead (an
+      earlier one, e.g. when the latest is corrupted); later checkpoints
+      and metrics lines are deleted.
+    config: written to ``config.json``; a workdir whose config.json
+      differs (outside `config_may_differ`) is refused.
+    config_may_differ: config keys that may change between a run and its
+      resumption (e.g. ``rounds``).
     title: title of the plot.
     tensorboard: also write TensorBoard event files.
     log: progress lines (process 0 only).
@@ -114,21 +214,57 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
     A `RunResult`.
 
   Raises:
-    ConfigError: a workdir with checkpoints without `resume`, `resume`
-      without checkpoints, or `rounds` below the checkpoint's round.
+    ConfigError: a workdir held by another run or holding a different
+      config, checkpoints without `resume`, `resume` without checkpoints,
+      or `rounds` below the checkpoint's round.
+    CheckpointError: the checkpoint to resume from is unreadable or fails
+      its checksums.
     NonFiniteError: a round produced a non-finite loss or model.
+    Preempted: SIGTERM or SIGINT; a checkpoint of the last round is saved.
   """
   lead = jax.process_index() == 0
   if not lead:
     log = lambda message: None
-  os.makedirs(workdir, exist_ok=True)
-  ckpt_dir = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-  metrics_path = os.path.join(workdir, _outputs.METRICS_FILE)
+  workdir = epath.Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f'--workdir={workdir} is a file, not a directory.')
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock = workdir_lock(workdir) if lead else contextlib.nullcontext()
+  with lock:
+    return _run_locked(
+        algorithm, params, num_clients=num_clients, cohorts=cohorts,
+        rounds=rounds, key=key, workdir=workdir, evaluators=evaluators,
+        eval_every=eval_every, checkpoint_every=checkpoint_every,
+        resume=resume or resume_from is not None, resume_from=resume_from,
+        config=config, config_may_differ=config_may_differ, title=title,
+        tensorboard=tensorboard, log=log, lead=lead)
+
+
+def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
+                workdir, evaluators, eval_every, checkpoint_every, resume,
+                resume_from, config, config_may_differ, title, tensorboard,
+                log, lead) -> RunResult:
+  """`run_rounds` once the workdir is this run's."""
+  ckpt_dir = workdir / CHECKPOINT_DIR
+  metrics_path = workdir / _outputs.METRICS_FILE
+  config_path = workdir / CONFIG_FILE
+  if config is not None and config_path.exists():
+    try:
+      saved = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      raise ConfigError(f'{config_path} is not valid JSON; choose another '
+                        '--workdir or remove it.') from None
+    changed = _config_differences(saved, config, config_may_differ)
+    if changed:
+      raise ConfigError(
+          f'--workdir={workdir} holds a run with other settings ('
+          f'{", ".join("--" + k for k in changed)} differ); use the same '
+          'values or another --workdir.')
   state = algorithm.init(params)
   store = core.tree_broadcast(algorithm.init_client_state(params),
                               num_clients)
 
-  with Checkpointer(ckpt_dir) as checkpointer:
+  with Checkpointer(os.fspath(ckpt_dir)) as checkpointer:
     start = checkpointer.latest_round()
     if start is not None and not resume:
       raise ConfigError(
@@ -138,23 +274,45 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
     if start is None and resume:
       raise ConfigError(f'--resume: no checkpoint in {ckpt_dir}; run '
                         'without --resume to start this workdir.')
+    if resume_from is not None:
+      if resume_from not in checkpointer.all_rounds():
+        raise ConfigError(
+            f'--resume_from={resume_from}: no such checkpoint in {ckpt_dir}'
+            f'; saved rounds: {checkpointer.all_rounds()}.')
+      start = resume_from
     if start is not None and start > rounds:
       raise ConfigError(f'--rounds={rounds} is below the round of the '
-                        f'latest checkpoint ({start}) in {ckpt_dir}.')
+                        f'checkpoint to resume ({start}) in {ckpt_dir}.')
     state, store = _distributed.to_global((state, store), sharded=False)
-    lines = []
+    lines, interval = [], []
     if start is None:
       start = 0
     else:
-      state, store = checkpointer.restore(start, state, store)
-      lines = [line for line in _outputs.read_metrics(metrics_path)
-               if line['round'] <= start]
-      log(f'Resumed from the checkpoint of round {start} in {ckpt_dir}.')
+      try:
+        state, store, loop_state = checkpointer.restore(start, state, store)
+      except CheckpointError as e:
+        earlier = [r for r in checkpointer.all_rounds() if r < start]
+        hint = (f'; resume from an earlier one with --resume_from='
+                f'{earlier[-1]}' if earlier else '')
+        raise CheckpointError(f'{e}{hint}') from None
+      if resume_from is not None:
+        for later in [r for r in checkpointer.all_rounds() if r > start]:
+          checkpointer.delete(later)
+      interval = loop_state.get('interval', [])
+      try:
+        history = _outputs.read_metrics(metrics_path)
+      except ValueError as e:
+        raise ConfigError(f'{e} Repair or remove it to resume.') from None
+      lines = [line for line in history if line['round'] <= start]
+      dropped = len(history) - len(lines)
+      log(f'Resumed from the checkpoint of round {start} in {ckpt_dir}'
+          + (f'; dropped {dropped} metrics lines after it.' if dropped
+             else '.'))
     if lead:
       _outputs.rewrite_metrics(metrics_path, lines)
       if config is not None:
-        with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-          json.dump(config, f, indent=2, sort_keys=True)
+        _outputs.write_atomically(
+            config_path, json.dumps(config, indent=2, sort_keys=True))
 
     def train_round(state, store, cohort):
       state, store, metrics = algorithm.apply(state, store, cohort, key)
@@ -171,58 +329,70 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
       for r in range(start, rounds):
         yield r, cohorts(r)
 
-    writer = _outputs.MetricsWriter(workdir, tensorboard=tensorboard) \
-        if lead else None
+    def save(done):
+      checkpointer.save(done, state, store, {'interval': interval})
+
+    writer = (_outputs.MetricsWriter(workdir, tensorboard=tensorboard,
+                                     lines=lines) if lead else None)
     t_start = time.perf_counter()
-    round_times, interval = [], []
+    round_times = []
     last_saved = start or None
     try:
-      for r, cohort in _prefetch.prefetch(packed()):
-        cohort = _distributed.to_global(cohort, sharded=True)
-        t0 = time.perf_counter()
-        state, store, metrics = train_round(state, store, cohort)
-        metrics = jax.device_get(metrics)
-        seconds = time.perf_counter() - t0
-        if r == start:
-          log(f'Round {r + 1} compiled and ran in {seconds:.2f} s.')
-        else:
-          round_times.append(seconds)
-        if not metrics.pop('finite'):
-          saved = (f'the latest checkpoint is of round {last_saved}, in '
-                   f'{ckpt_dir}' if last_saved else 'no checkpoint was saved')
-          raise NonFiniteError(
-              f'Round {r + 1}: non-finite training loss or model '
-              f'(train_loss={metrics.get("train_loss")}); stopping; '
-              f'{saved}. Try smaller learning rates.')
-        interval.append(metrics)
-        done = r + 1
-        if done % eval_every == 0 or done == rounds:
-          line = {'round': done}
-          model = _distributed.local_copy(algorithm.model_params(state,
-                                                                 store))
-          for evaluate in evaluators:
-            line.update(evaluate(model, state, store))
-          for name in interval[0]:
-            values = [m[name] for m in interval]
-            if np.ndim(values[0]) == 0:
-              line[name] = float(np.mean(values))
-          line['elapsed_s'] = time.perf_counter() - t_start
-          recent = round_times[-len(interval):]
-          if recent:
-            line['round_time_s'] = statistics.median(recent)
-          lines.append(line)
-          if writer is not None:
-            writer.write(line)
-          log(_progress(done, rounds, recent, line))
-          interval = []
-        if done % checkpoint_every == 0 or done == rounds:
-          checkpointer.save(done, state, store)
-          last_saved = done
+      with _StopRequests() as stop:
+        for r, cohort in _prefetch.prefetch(packed()):
+          cohort = _distributed.to_global(cohort, sharded=True)
+          t0 = time.perf_counter()
+          state, store, metrics = train_round(state, store, cohort)
+          metrics = jax.device_get(metrics)
+          seconds = time.perf_counter() - t0
+          if r == start:
+            log(f'Round {r + 1} compiled and ran in {seconds:.2f} s.')
+          else:
+            round_times.append(seconds)
+          if not metrics.pop('finite'):
+            saved = (f'the latest checkpoint is of round {last_saved}, in '
+                     f'{ckpt_dir}' if last_saved
+                     else 'no checkpoint was saved')
+            raise NonFiniteError(
+                f'Round {r + 1}: non-finite training loss or model '
+                f'(train_loss={metrics.get("train_loss")}); stopping; '
+                f'{saved}. Try smaller learning rates.')
+          interval.append({name: float(value)
+                           for name, value in metrics.items()
+                           if np.ndim(value) == 0})
+          done = r + 1
+          if done % eval_every == 0 or done == rounds:
+            line = {'round': done}
+            model = _distributed.local_copy(
+                algorithm.model_params(state, store))
+            for evaluate in evaluators:
+              line.update(evaluate(model, state, store))
+            for name in interval[0]:
+              line[name] = float(np.mean([m[name] for m in interval]))
+            line['elapsed_s'] = time.perf_counter() - t_start
+            recent = round_times[-len(interval):]
+            if recent:
+              line['round_time_s'] = statistics.median(recent)
+            lines.append(line)
+            if writer is not None:
+              writer.write(line)
+            log(_progress(done, rounds, recent, line))
+            interval = []
+          if done % checkpoint_every == 0 or done == rounds:
+            save(done)
+            last_saved = done
+          if stop.requested():
+            if last_saved != done:
+              save(done)
+            name = signal.Signals(stop.signum or signal.SIGTERM).name
+            raise Preempted(
+                f'{name}: stopped after round {done}/{rounds}; its '
+                f'checkpoint is in {ckpt_dir}; rerun with --resume to '
+                'continue.', 128 + (stop.signum or signal.SIGTERM))
     finally:
       if writer is not None:
         writer.close()
   if lines and lead:
-    _plots.plot_metrics(metrics_path,
-                        os.path.join(workdir, _outputs.PLOT_FILE),
-                        title=title)
+    _plots.plot_metrics(os.fspath(metrics_path),
+                        os.fspath(workdir / _outputs.PLOT_FILE), title=title)
   return RunResult(state, store, [_outputs.json_safe(l) for l in lines])

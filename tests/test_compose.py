@@ -1,0 +1,135 @@
+"""`experiments.train` composes every transform of the library by flag.
+
+In-process runs of `training.run_experiment` (what the script calls) with a
+robust aggregator under attack with worker momentum and drift metrics, a
+ZO client optimizer with seed uploads, and OmniISR heads; bad combinations
+are one-line `ConfigError`s naming both flags; an ml_collections config
+file and the command line reach the same config.
+"""
+
+import json
+import os
+
+import jax
+import pytest
+
+from fedjax_ext import training
+from fedjax_ext.training import _outputs
+
+from _cli_runner import run_module
+
+
+def small_config(tmp_path, data_dir, **overrides):
+  values = dict(dataset='digits', data_dir=data_dir, num_clients=10,
+                clients_per_round=5, rounds=4, eval_every=2,
+                checkpoint_every=4, workdir=str(tmp_path / 'run'))
+  values.update(overrides)
+  return training.ExperimentConfig(**values)
+
+
+def test_robust_attack_momentum_and_drift(tmp_path, data_dir):
+  config = small_config(tmp_path, data_dir, aggregator='trimmed_mean',
+                        byzantine_fraction=0.2, attack='alie',
+                        worker_momentum=0.9, drift_metrics=True,
+                        algorithm='fedadam', server_lr=0.01)
+  result = training.run_experiment(config, log=lambda s: None)
+  last = result.metrics[-1]
+  # 2 of the 10 clients are Byzantine; each cohort of 5 holds some of them.
+  assert last['byzantine_clients'] >= 0
+  assert 'rejected_updates' in last
+  for key in ('client_drift', 'drift_sq_dist'):
+    assert key in last, sorted(last)
+  assert 0. <= last['test_accuracy'] <= 1.
+  # The momentum lives in the client store (one row per client).
+  for leaf in jax.tree.leaves(result.client_store):
+    assert leaf.shape[0] == 10
+  assert jax.tree.leaves(result.client_store)
+
+
+def test_byzantine_flags_reach_the_round(tmp_path, data_dir):
+  config = small_config(tmp_path, data_dir, byzantine_fraction=0.4,
+                        attack='sign_flip', aggregator='median',
+                        clients_per_round=10, rounds=2)
+  result = training.run_experiment(config, log=lambda s: None)
+  assert result.metrics[-1]['byzantine_clients'] == 4.
+
+
+def test_zo_client_with_seed_uploads(tmp_path, data_dir):
+  config = small_config(tmp_path, data_dir, client_optimizer='curvzo',
+                        zo_upload='seeds', client_lr=1e-3, local_steps=5,
+                        drift_metrics=True)
+  result = training.run_experiment(config, log=lambda s: None)
+  last = result.metrics[-1]
+  assert last['upload_bytes_per_client'] < 1000  # Seeds, not deltas.
+  assert 'client_drift' in last
+  assert last['train_loss'] > 0
+
+
+def test_isr_heads(tmp_path, data_dir):
+  config = small_config(tmp_path, data_dir, isr_points=('hidden_0',),
+                        drift_metrics=True, rounds=2)
+  result = training.run_experiment(config, log=lambda s: None)
+  assert set(result.state.params) == {'model', 'aux'}
+  assert 'train_mi_loss' in result.metrics[-1]
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(attack='alie'), '--attack=alie needs --byzantine_fraction > 0'),
+    (dict(byzantine_fraction=0.2), '--byzantine_fraction > 0 needs an '
+     '--attack'),
+    (dict(client_optimizer='mezo', algorithm='scaffold'),
+     '--algorithm=scaffold needs first-order clients'),
+    (dict(client_optimizer='mezo', worker_momentum=0.5),
+     'does not compose with --attack / --worker_momentum'),
+    (dict(algorithm='scaffold', worker_momentum=0.5),
+     '--algorithm=scaffold does not compose'),
+    (dict(aggregator='mode'), "--aggregator='mode' is unknown"),
+    (dict(attack='nope', byzantine_fraction=0.1), "--attack='nope' is "
+     'unknown'),
+    (dict(client_optimizer='adam'), "--client_optimizer='adam' is unknown"),
+    (dict(byzantine_fraction=0.5, attack='alie'),
+     '--byzantine_fraction must be in [0, 0.5)'),
+    (dict(worker_momentum=1.), '--worker_momentum must be in [0, 1)'),
+    (dict(weighting='examples'), "--weighting='examples' is unknown"),
+])
+def test_bad_combinations_name_the_flags(overrides, message):
+  config = training.ExperimentConfig(**overrides)
+  with pytest.raises(training.ConfigError) as error:
+    training.validate_config(config)
+  assert message in str(error.value)
+  assert '\n' not in str(error.value)
+
+
+def test_config_file_and_flags_reach_the_same_config(tmp_path, data_dir):
+  config_py = tmp_path / 'my_config.py'
+  config_py.write_text(
+      'import ml_collections\n'
+      'def get_config():\n'
+      '  c = ml_collections.ConfigDict()\n'
+      "  c.algorithm = 'fedavgm'\n"
+      '  c.rounds = 3\n'
+      '  c.eval_every = 3\n'
+      '  c.num_clients = 6\n'
+      '  c.clients_per_round = 3\n'
+      '  return c\n')
+  by_file = run_module(
+      'experiments.train', f'--config={config_py}', '--config.rounds=2',
+      '--eval_every=1', f'--data_dir={data_dir}',
+      f'--workdir={tmp_path / "a"}', '--compilation_cache_dir=', timeout=300)
+  assert by_file.returncode == 0, by_file.stderr
+  by_flags = run_module(
+      'experiments.train', '--algorithm=fedavgm', '--rounds=2',
+      '--eval_every=1', '--num_clients=6', '--clients_per_round=3',
+      f'--data_dir={data_dir}', f'--workdir={tmp_path / "b"}',
+      '--compilation_cache_dir=', timeout=300)
+  assert by_flags.returncode == 0, by_flags.stderr
+  saved = [json.loads((tmp_path / d / 'config.json').read_text())
+           for d in ('a', 'b')]
+  for entry in saved:
+    entry.pop('workdir')
+  assert saved[0] == saved[1]
+  metrics = [_outputs.read_metrics(str(tmp_path / d / 'metrics.jsonl'))
+             for d in ('a', 'b')]
+  assert [m['test_accuracy'] for m in metrics[0]] == [
+      m['test_accuracy'] for m in metrics[1]]
+  assert os.path.exists(tmp_path / 'a' / 'tensorboard')
