@@ -66,17 +66,30 @@ def set_cpu_devices(count: int) -> None:
   jax.config.update('jax_num_cpu_devices', count)
 
 
+HELP_FLAGS = ('--help', '-h', '-?', '--helpshort')
+
+
 def parse_flags(argv):
   """absl's parser, with parse errors as one line and exit status 2.
 
-  Pass it as ``app.run(main, flags_parser=parse_flags)``. It also applies
+  Pass it as ``app.run(main, flags_parser=parse_flags)``. ``--help`` prints
+  the script's flags, including the two shared ones defined here, and exits
+  0 (``--helpfull``: every module's flags). It also applies
   ``--compilation_cache_dir`` and ``--cpu_devices``, before JAX starts a
   backend.
   """
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    print(flags.FLAGS.main_module_help())
+    sys.exit(0)
+  if '--helpfull' in argv[1:]:
+    print(flags.FLAGS.get_help())
+    sys.exit(0)
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e))
+  except (OSError, ValueError, SyntaxError) as e:  # e.g. a --config file.
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   enable_compilation_cache(flags.FLAGS.compilation_cache_dir)
   set_cpu_devices(flags.FLAGS.cpu_devices)
   return remaining

@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import _cli
 from experiments._cli import fail
 from experiments._cli import parse_flags
 from fedjax_ext import algorithms
@@ -161,6 +162,8 @@ config_flags.DEFINE_config_file(
     'line override it, and --config.<field>=value overrides one field.')
 
 FLAGS = flags.FLAGS
+# --help lists the flags every script shares (experiments/_cli.py) too.
+flags.adopt_module_key_flags(_cli)
 
 
 
@@ -188,8 +191,12 @@ def config_from_flags() -> training.ExperimentConfig:
   """Defaults, then the --config file, then flags given explicitly."""
   names = [f.name for f in dataclasses.fields(training.ExperimentConfig)]
   values = {name: FLAGS[name].value for name in names}
-  if FLAGS.config is not None:
-    from_file = FLAGS.config.to_dict()
+  try:
+    from_file = None if FLAGS.config is None else FLAGS.config.to_dict()
+  except (OSError, SyntaxError, AttributeError) as e:
+    reason = [l.strip() for l in str(e).splitlines() if l.strip()]
+    fail(f'--config could not be loaded: {reason[-1] if reason else e}')
+  if from_file is not None:
     unknown = sorted(set(from_file) - set(names))
     if unknown:
       fail(f'--config: unknown fields {", ".join(unknown)}; valid: '

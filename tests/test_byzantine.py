@@ -294,9 +294,14 @@ def test_experiment_quick_in_process(tmp_path, data_dir):
   assert '| mean | nan | 0.3 |' in (tmp_path / 'table.md').read_text()
   run_dir = tmp_path / 'digits' / 'nnm_trimmed_mean-alie_optimal-f0.2-m0.9'
   assert (run_dir / 'metrics.jsonl').stat().st_size > 0
-  # Rerunning into the same workdir needs --resume.
+  # Rerunning into the same workdir needs --resume, which reuses the
+  # finished runs (and reruns the diverged ones): the same cells.
   with pytest.raises(training.ConfigError, match='--resume'):
     experiment.run(s, log=lambda _: None)
+  again = experiment.run(quick_settings(
+      f'--workdir={tmp_path}', f'--data_dir={data_dir}', '--resume'),
+                         log=lambda _: None)
+  assert again == lines
 
 
 def test_experiment_quick_lets_explicit_flags_win():

@@ -108,7 +108,7 @@ def test_quick_lets_explicit_flags_win():
     ('--clients_per_round=30', '--clients_per_round must be at most'),
 ])
 def test_bad_settings_raise_one_line(flag, message):
-  with pytest.raises(training.ConfigError, match=None) as error:
+  with pytest.raises(training.ConfigError) as error:
     settings('--workdir=w', flag)
   assert str(error.value).startswith(message)
   with pytest.raises(flags.IllegalFlagValueError, match='--upload=grads'):

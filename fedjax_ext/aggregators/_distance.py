@@ -253,7 +253,7 @@ def bulyan(num_byzantine: int, *, method: str = 'auto') -> Aggregator:
 
 
 def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
-                     tolerance: float = 1e-8) -> Aggregator:
+                     tolerance: float = 1e-6) -> Aggregator:
   r"""Geometric median by the smoothed Weiszfeld algorithm.
 
   Approximates :math:`\arg\min_z \sum_{i} \|z - x_i\|` over present clients
@@ -262,11 +262,17 @@ def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
   .. math:: z \leftarrow \frac{\sum_i \beta_i x_i}{\sum_i \beta_i},\quad
      \beta_i = \frac{1}{\max(\nu, \|z - x_i\|)},
 
-  until the relative decrease of the objective is at most ``tolerance``
-  or ``max_iterations`` is reached.
+  until the relative change of the iterate, :math:`\|z_{t+1} - z_t\| \le
+  \mathrm{tol} \cdot \|z_{t+1}\|`, or ``max_iterations`` steps.
   :math:`\kappa \le 4 (1 + b / (n - 2b))^2` (Allouah et al. 2023).
-  ``nu = 1e-6``, 100 iterations and tolerance ``1e-8`` are the spec's
-  reconstructed defaults ([I] in the method spec), all configurable.
+  ``nu = 1e-6`` and 100 iterations are the spec's reconstructed defaults
+  ([I] in the method spec); the stopping test is ours: an earlier test on
+  the float32 objective's relative decrease stopped after ~4 steps at
+  2.9e-4 (relative) from the median even with tolerance 1e-12, because
+  the objective's float32 rounding hides its decrease long before the
+  iterate stops moving. The default tolerance 1e-6 sits above float32's
+  resolution of the iterate (~6e-8), so it is reachable; all three are
+  configurable.
 
   References:
     Pillutla, Kakade, Harchaoui, "Robust Aggregation for Federated
@@ -275,7 +281,8 @@ def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
   Args:
     smoothing: :math:`\nu > 0`, finite.
     max_iterations: at most this many Weiszfeld steps (static int).
-    tolerance: stop once (f_old - f_new) <= tolerance * f_new (>= 0).
+    tolerance: stop once ||z_new - z_old|| <= tolerance * ||z_new|| (>= 0;
+      0 runs every iteration).
 
   Returns:
     A stateless `core.Aggregator`; zeros when no client is present.
@@ -300,23 +307,25 @@ def geometric_median(*, smoothing: float = 1e-6, max_iterations: int = 100,
                for x, zl in zip(xs, z))
       return jnp.where(present, jnp.sqrt(sq), 0.)
 
+    def sq_norm(z):
+      return sum(jnp.sum(jnp.square(zl)) for zl in z)
+
     def cond(carry):
-      i, _, _, f_old, f_prev = carry
+      i, _, _, step_sq, z_sq = carry
       return (i < max_iterations) & ((i == 0) | (
-          f_prev - f_old > tolerance * f_old))
+          step_sq > tolerance**2 * z_sq))
 
     def body(carry):  # One Weiszfeld step: two passes over the updates.
-      i, _, d, f_old, _ = carry
+      i, z, d, _, _ = carry
       beta = jnp.where(present, 1. / jnp.maximum(smoothing, d), 0.)
       z_new = weighted_rows_mean(xs, beta, finite)
-      d_new = distances(z_new)
-      return i + 1, z_new, d_new, jnp.sum(d_new), f_old
+      step_sq = sq_norm([a - b for a, b in zip(z_new, z)])
+      return i + 1, z_new, distances(z_new), step_sq, sq_norm(z_new)
 
     z0 = present_mean(xs, present, finite)
-    d0 = distances(z0)
-    f0 = jnp.sum(d0)
+    zero = jnp.zeros((), jnp.float32)
     _, z, _, _, _ = jax.lax.while_loop(
-        cond, body, (jnp.array(0), z0, d0, f0, jnp.full_like(f0, jnp.inf)))
+        cond, body, (jnp.array(0), z0, distances(z0), zero, zero))
     leaves, treedef = jax.tree.flatten(client_updates)
     z = jax.tree.unflatten(treedef, [zl.reshape(leaf.shape[1:]) for zl, leaf
                                      in zip(z, leaves)])

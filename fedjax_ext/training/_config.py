@@ -8,6 +8,7 @@ give every bad value a one-line message that names the flag and the range.
 import dataclasses
 import json
 import math
+import os
 from typing import Any
 
 
@@ -91,6 +92,18 @@ class ExperimentConfig:
     return cls(**values)
 
 
+# Upper bounds of the numeric flags: beyond them a run is a typo, not an
+# experiment (a memory estimate refuses cohorts that cannot fit, see
+# `check_cohort_memory`).
+MAX_ROUNDS = 10_000_000
+MAX_CLIENTS = 10_000_000
+MAX_BATCH = 1_000_000
+MAX_CLASSES = 100_000
+MAX_LOCAL_STEPS = 1_000_000
+MAX_LOCAL_EPOCHS = 1_000
+MAX_HIDDEN = 1_000_000
+MAX_LEARNING_RATE = 1e6
+
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ('rounds', 'eval_every', 'checkpoint_every', 'resume',
                      'resume_from', 'workdir', 'data_dir', 'eval_batch_size',
@@ -148,24 +161,35 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
     value = getattr(c, flag)
     _require(_finite(value) and value >= 0, flag, 'a finite number >= 0',
              value)
-  for flag in ('rounds', 'clients_per_round', 'batch_size', 'eval_every',
-               'checkpoint_every', 'eval_batch_size', 'classes_per_client'):
+  for flag, most in (('rounds', MAX_ROUNDS),
+                     ('clients_per_round', MAX_CLIENTS),
+                     ('batch_size', MAX_BATCH), ('eval_every', MAX_ROUNDS),
+                     ('checkpoint_every', MAX_ROUNDS),
+                     ('eval_batch_size', MAX_BATCH),
+                     ('classes_per_client', MAX_CLASSES)):
     value = getattr(c, flag)
-    _require(isinstance(value, int) and value >= 1, flag,
-             'an integer >= 1', value)
+    _require(isinstance(value, int) and 1 <= value <= most, flag,
+             f'an integer in [1, {most:,}]', value)
+  _require(isinstance(c.seed, int) and 0 <= c.seed < 2**31, 'seed',
+           f'an integer in [0, {2**31 - 1}]', c.seed)
   _require(c.resume_from is None or (isinstance(c.resume_from, int)
                                      and c.resume_from >= 1),
            'resume_from', 'a round >= 1 that has a checkpoint',
            c.resume_from)
-  _require(c.num_clients is None or c.num_clients >= 1, 'num_clients',
-           'an integer >= 1', c.num_clients)
+  _require(c.num_clients is None or 1 <= c.num_clients <= MAX_CLIENTS,
+           'num_clients', f'an integer in [1, {MAX_CLIENTS:,}]',
+           c.num_clients)
   if c.num_clients is not None:
     _require(c.clients_per_round <= c.num_clients, 'clients_per_round',
              f'in [1, --num_clients={c.num_clients}]', c.clients_per_round)
   _require(c.sampling_groups >= 0, 'sampling_groups',
            '>= 0 (0: one group per process)', c.sampling_groups)
-  _require(c.local_steps >= 0, 'local_steps', '>= 0 (0: use --local_epochs)',
+  _require(0 <= c.local_steps <= MAX_LOCAL_STEPS, 'local_steps',
+           f'in [0, {MAX_LOCAL_STEPS:,}] (0: use --local_epochs)',
            c.local_steps)
+  _require(_finite(c.local_epochs) and c.local_epochs <= MAX_LOCAL_EPOCHS,
+           'local_epochs', f'a number in (0, {MAX_LOCAL_EPOCHS}]',
+           c.local_epochs)
   for flag in ('client_lr', 'server_lr', 'dirichlet_alpha', 'quantity_alpha',
                'local_epochs'):
     value = getattr(c, flag)
@@ -178,5 +202,38 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
   _require(_finite(c.client_test_fraction)
            and 0 <= c.client_test_fraction < 1, 'client_test_fraction',
            'in [0, 1)', c.client_test_fraction)
-  _require(all(isinstance(h, int) and h >= 1 for h in c.hidden_sizes),
-           'hidden_sizes', 'a list of integers >= 1', list(c.hidden_sizes))
+  _require(all(isinstance(h, int) and 1 <= h <= MAX_HIDDEN
+               for h in c.hidden_sizes),
+           'hidden_sizes', f'a list of integers in [1, {MAX_HIDDEN:,}]',
+           list(c.hidden_sizes))
+  for flag in ('client_lr', 'server_lr'):
+    value = getattr(c, flag)
+    _require(value <= MAX_LEARNING_RATE, flag,
+             f'a finite number in (0, {MAX_LEARNING_RATE:g}]', value)
+
+
+def check_cohort_memory(config: ExperimentConfig, *, num_steps: int,
+                        example_bytes: int,
+                        available_bytes: int | None = None) -> None:
+  """Refuses a round whose packed cohort cannot fit in memory.
+
+  A cohort is [C, S, B] examples of `example_bytes` each (plus the mask);
+  it must fit in half the machine's memory, or the flags that size it are
+  named with the estimate.
+  """
+  if available_bytes is None:
+    try:
+      available_bytes = (os.sysconf('SC_PAGE_SIZE')
+                         * os.sysconf('SC_PHYS_PAGES'))
+    except (ValueError, OSError, AttributeError):
+      return
+  c = config
+  need = c.clients_per_round * num_steps * c.batch_size * (example_bytes + 4)
+  if need > available_bytes // 2:
+    steps = (f'--local_steps={c.local_steps}' if c.local_steps
+             else f'--local_epochs={c.local_epochs} ({num_steps} steps)')
+    raise ConfigError(
+        f'one round packs {need / 2**30:.1f} GiB of examples '
+        f'(--clients_per_round={c.clients_per_round} x {steps} x '
+        f'--batch_size={c.batch_size}), more than half of this machine\'s '
+        f'{available_bytes / 2**30:.1f} GiB; lower one of them.')

@@ -64,7 +64,16 @@ def validate_config(config: ExperimentConfig) -> None:
 
 def load_federation(config: ExperimentConfig) -> Federation:
   """Loads the dataset and splits it into clients as the config says."""
-  dataset = data.load_dataset(config.dataset, data_dir=config.data_dir)
+  if config.data_dir and os.path.exists(config.data_dir) and not (
+      os.path.isdir(config.data_dir)):
+    raise ConfigError(f'--data_dir={config.data_dir} is a file, not a '
+                      'directory.')
+  try:
+    dataset = data.load_dataset(config.dataset, data_dir=config.data_dir)
+  except data.DataError:
+    raise
+  except (ValueError, OSError) as e:
+    raise ConfigError(f'--dataset={config.dataset}: {e}') from None
   train = {k: dataset.train[k] for k in ('x', 'y')}
   num_examples = len(train['y'])
   if config.partition == 'natural':
@@ -77,6 +86,11 @@ def load_federation(config: ExperimentConfig) -> Federation:
           f'--num_clients={config.num_clients} disagrees with the '
           f'{len(parts)} natural clients of {config.dataset}; leave it unset.')
   else:
+    if (config.partition == 'shards'
+        and config.classes_per_client > dataset.num_classes):
+      raise ConfigError(f'--classes_per_client must be in [1, '
+                        f'{dataset.num_classes}] (the classes of '
+                        f'{config.dataset}), got {config.classes_per_client}.')
     num_clients = config.num_clients or DEFAULT_NUM_CLIENTS
     if num_clients > num_examples:
       raise ConfigError(f'--num_clients must be in [1, {num_examples}] (the '
@@ -178,12 +192,21 @@ def run_experiment(config: ExperimentConfig, *,
                       f'cohort is sharded over (--execution='
                       f'{config.execution}).')
   own_clients = _distributed.keep_own_clients(federation.client_indices)
+  local_epochs = None if config.local_steps else config.local_epochs
+  sizes = [len(p) for p in federation.client_indices]
+  if config.batch_size > max(sizes):
+    raise ConfigError(f'--batch_size must be in [1, {max(sizes)}] (the '
+                      'largest client\'s training examples), got '
+                      f'{config.batch_size}.')
+  num_steps = data.num_local_steps(
+      sizes, config.batch_size, local_epochs=local_epochs,
+      local_steps=config.local_steps or None)
+  x = federation.train['x']
+  _config.check_cohort_memory(
+      config, num_steps=num_steps,
+      example_bytes=x.dtype.itemsize * int(np.prod(x.shape[1:])))
   predict, params, algorithm = build_model_and_algorithm(config,
                                                          federation)
-  local_epochs = None if config.local_steps else config.local_epochs
-  num_steps = data.num_local_steps(
-      [len(p) for p in federation.client_indices], config.batch_size,
-      local_epochs=local_epochs, local_steps=config.local_steps or None)
   evaluators = [_evaluation.classification_evaluator(
       predict, federation.test, batch_size=config.eval_batch_size)]
   if federation.held_out is not None:

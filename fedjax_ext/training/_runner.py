@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedjax_ext import core
@@ -260,6 +261,9 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
           f'--workdir={workdir} holds a run with other settings ('
           f'{", ".join("--" + k for k in changed)} differ); use the same '
           'values or another --workdir.')
+  # A copy: the round donates its state, which must not delete the
+  # caller's arrays.
+  params = jax.tree.map(jnp.array, params)
   state = algorithm.init(params)
   store = core.tree_broadcast(algorithm.init_client_state(params),
                               num_clients)

@@ -499,7 +499,13 @@ def zo_fed_avg(loss_fn: clients.LossFn,
     (the client's ``update`` + ``aux`` as sent, before any transform) and
     ``downlink_bytes_per_client`` (the message); in ``'seeds'`` mode the
     aggregate is that of the server-replayed deltas, identical to
-    ``'delta'`` mode.
+    ``'delta'`` mode. Nothing is recorded outside the round's values: in
+    ``'delta'`` mode the bytes come from the outputs' shapes
+    (`core.communication_metrics`); in ``'seeds'`` mode the replay stage
+    wrote them into the clients' metrics before replacing the uploads
+    (`seed_replay_outputs`), and the round reports that constant column's
+    value exactly (not its weighted mean, which rounds in float32 and is 0
+    when every weight is 0).
   """
   _check_upload(upload)
   execution = core.as_execution(execution)
