@@ -68,6 +68,39 @@ def set_cpu_devices(count: int) -> None:
 
 HELP_FLAGS = ('--help', '-h', '-?', '--helpshort')
 
+_JSON_CONFIG_MODULE = """import json
+import ml_collections
+
+
+def get_config():
+  with open({path!r}) as f:
+    return ml_collections.ConfigDict(json.load(f))
+"""
+
+
+def _json_configs_as_modules(argv):
+  """``--config=run/config.json`` -> a config module that loads that JSON.
+
+  ml_collections config files are Python; a run's ``config.json`` (every
+  resolved value) is JSON. A two-line module in a temporary file bridges
+  them, so ``--config=<workdir>/config.json`` reproduces a run and
+  ``--config.<field>=...`` still overrides one field.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  out = []
+  for arg in argv:
+    if arg.startswith('--config=') and arg.endswith('.json'):
+      path = os.path.abspath(os.path.expanduser(arg.split('=', 1)[1]))
+      if not os.path.isfile(path):
+        fail(f'--config={path}: no such file.')
+      module = tempfile.NamedTemporaryFile('w', suffix='_config.py',
+                                           delete=False)
+      module.write(_JSON_CONFIG_MODULE.format(path=path))
+      module.close()
+      arg = f'--config={module.name}'
+    out.append(arg)
+  return out
+
 
 def parse_flags(argv):
   """absl's parser, with parse errors as one line and exit status 2.
@@ -84,6 +117,7 @@ def parse_flags(argv):
   if '--helpfull' in argv[1:]:
     print(flags.FLAGS.get_help())
     sys.exit(0)
+  argv = _json_configs_as_modules(argv)
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:

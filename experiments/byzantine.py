@@ -35,8 +35,7 @@ import jax
 import numpy as np
 import optax
 
-from experiments._cli import fail
-from experiments._cli import parse_flags
+from experiments._cli import fail, parse_flags
 from fedjax_ext import byzantine, clients, core, data, models, training
 from fedjax_ext.training import _plots
 
@@ -148,13 +147,14 @@ def run_cell(s, fed, cell, b: int, model, evaluator) -> dict:
                          f'{agg_name}-{attack_name}-f{fraction:g}-m{beta:g}')
   result = dict(dataset=name, aggregator=agg_name, attack=attack_name,
                 fraction=fraction, momentum=beta, byzantine=len(byz))
+  with training.Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
+    resume = s.resume and ckpt.latest_round() is not None  # Else: rerun.
   try:
     lines = training.run_rounds(
         algorithm, params, num_clients=fed.num_clients, cohorts=cohorts,
         rounds=s.rounds, key=jax.random.key(s.seed), workdir=workdir,
         evaluators=[evaluator], eval_every=s.eval_every,
-        checkpoint_every=s.rounds, resume=s.resume and os.path.isdir(
-            os.path.join(workdir, 'checkpoints')),
+        checkpoint_every=s.rounds, resume=resume,
         config=dict(vars(s), cell=cell, b=b), tensorboard=False,
         config_may_differ=('resume', 'rounds', 'eval_every', 'data_dir'),
         title=' '.join(map(str, cell)), log=lambda _: None).metrics
@@ -197,7 +197,7 @@ def summarize(s, results: list[dict]) -> None:
 
 def run(s, log=print) -> list[dict]:
   """Every cell of the grid, then the summary; returns the cells' lines."""
-  if not s.resume and glob.glob(os.path.join(s.workdir, '*', '*', 'ch*')):
+  if not s.resume and glob.glob(f'{s.workdir}/*/*/checkpoints/[0-9]*'):
     raise training.ConfigError(f'--workdir={s.workdir} holds runs of a '
                                'previous sweep; pass --resume to reuse them.')
   feds = {name: training.load_federation(training.ExperimentConfig(

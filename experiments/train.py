@@ -79,8 +79,14 @@ flags.DEFINE_integer('local_steps', _D.local_steps,
                      'Local steps per round; > 0 replaces --local_epochs.')
 flags.DEFINE_integer('batch_size', _D.batch_size, 'Local batch size.')
 flags.DEFINE_float('client_lr', _D.client_lr, 'Client SGD learning rate.')
-flags.DEFINE_float('server_lr', _D.server_lr,
-                   'Server learning rate (1.0 = plain FedAvg averaging).')
+flags.DEFINE_float(
+    'server_lr', _D.server_lr,
+    'Server learning rate; unset: per algorithm, from the EMNIST row of '
+    'Reddi et al. 2021\'s tuned grid: ' + ', '.join(
+        f'{name} {rate:.2g}' for name, rate in
+        algorithms.DEFAULT_SERVER_LEARNING_RATES.items()) + '.')
+flags.DEFINE_float('server_tau', _D.server_tau,
+                   'Epsilon tau of fedadagrad / fedadam / fedyogi (> 0).')
 flags.DEFINE_float('server_momentum', _D.server_momentum,
                    'Server momentum of fedavgm, in [0, 1).')
 flags.DEFINE_float('prox_mu', _D.prox_mu, 'Proximal mu of fedprox (>= 0).')
@@ -197,12 +203,12 @@ def config_from_flags() -> training.ExperimentConfig:
     reason = [l.strip() for l in str(e).splitlines() if l.strip()]
     fail(f'--config could not be loaded: {reason[-1] if reason else e}')
   if from_file is not None:
-    unknown = sorted(set(from_file) - set(names))
+    unknown = sorted(set(from_file) - set(names) - {'resolved_from'})
     if unknown:
       fail(f'--config: unknown fields {", ".join(unknown)}; valid: '
            f'{", ".join(names)}.')
     values.update({k: v for k, v in from_file.items()
-                   if not FLAGS[k].present})
+                   if k in names and not FLAGS[k].present})
   try:
     values['hidden_sizes'] = tuple(int(h) for h in values['hidden_sizes'])
   except (TypeError, ValueError):

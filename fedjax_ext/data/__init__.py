@@ -2,10 +2,14 @@
 
 TFDS (array_record, no TensorFlow) -> NumPy columns -> `partition` ->
 per-client index arrays -> `pack_cohort` -> fixed-shape [C, S, B, ...]
-arrays with masks.
+arrays with masks. Federated datasets with natural clients (TFF's
+federated EMNIST, Shakespeare, Stack Overflow) are prepared once with
+``python -m fedjax_ext.data.prepare --dataset=NAME --data_dir=DIR``.
 """
 
 from fedjax_ext.data._datasets import DATASETS
+from fedjax_ext.data._datasets import default_partition
+from fedjax_ext.data._datasets import NATURAL_CLIENTS
 from fedjax_ext.data._datasets import Dataset
 from fedjax_ext.data._datasets import load_dataset
 from fedjax_ext.data._pack import MASK

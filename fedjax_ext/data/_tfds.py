@@ -12,7 +12,10 @@ The catalogue datasets (MNIST, EMNIST ``byclass``, Fashion-MNIST, CIFAR-10,
 CIFAR-100) are never downloaded here: when a split is absent, or was built
 in a format without random access (TFDS's default, tfrecord), the loader
 raises `DatasetNotFoundError` naming the directory TFDS looked in and the
-``tfds build`` command that prepares it on a machine with internet.
+command that prepares it, ``python -m fedjax_ext.data.prepare
+--dataset=NAME --data_dir=DIR`` (it needs TensorFlow, which TFDS's catalogue
+builders use to read the original files: the ``[prepare]`` extra,
+``pip install -e '.[prepare]'``).
 
 References:
   LeCun et al., `Gradient-based learning applied to document recognition
@@ -69,8 +72,14 @@ def resolve_data_dir(data_dir: str | None = None) -> str:
   return os.path.expanduser(data_dir)
 
 
+def prepare_command(name: str, data_dir: str) -> str:
+  """The command that prepares catalogue dataset `name` (ours, not TFDS's)."""
+  return (f'python -m fedjax_ext.data.prepare --dataset={name} '
+          f'--data_dir={data_dir}')
+
+
 def _not_found(builder: tfds.core.DatasetBuilder, tfds_name: str,
-               data_dir: str) -> DatasetNotFoundError:
+               data_dir: str, name: str | None = None) -> DatasetNotFoundError:
   """The error for a catalogue dataset that cannot be read here."""
   if builder.is_prepared():
     problem = (f'is prepared at {builder.data_dir} in a format without '
@@ -79,17 +88,22 @@ def _not_found(builder: tfds.core.DatasetBuilder, tfds_name: str,
   else:
     problem = f'is not prepared: TFDS looked for it in {builder.data_dir}'
   return DatasetNotFoundError(
-      f'Dataset {tfds_name!r} {problem}. fedjax_ext never downloads it. '
-      f'On a machine with internet run\n'
-      f'  tfds build {tfds_name} --data_dir {data_dir} '
-      f'--file_format array_record\n'
-      f'and copy the result into {data_dir} (or pass data_dir= / set '
-      f'${DATA_DIR_ENV} to where it is).')
+      f'Dataset {tfds_name!r} {problem}. load_dataset never downloads it. '
+      "Prepare it (this downloads; TFDS's catalogue builders need "
+      f"TensorFlow, from the [prepare] extra: pip install -e '.[prepare]') "
+      f'with\n'
+      f'  {prepare_command(name or tfds_name, data_dir)}\n'
+      f'or, on another machine, prepare it there and copy the result into '
+      f'{data_dir} (or pass data_dir= / set ${DATA_DIR_ENV} to where it is).')
 
 
-def open_catalogue(tfds_name: str, data_dir: str) -> tuple[
-    tfds.core.DatasetBuilder, list[Any]]:
-  """The builder and its (train, test) data sources; never downloads."""
+def open_catalogue(tfds_name: str, data_dir: str, name: str | None = None
+                   ) -> tuple[tfds.core.DatasetBuilder, list[Any]]:
+  """The builder and its (train, test) data sources; never downloads.
+
+  `name` (ours, e.g. 'emnist/balanced') names the dataset in the error's
+  prepare command; it defaults to `tfds_name`.
+  """
   # No file_format here: TFDS refuses to construct a builder whose requested
   # format differs from that of a copy already prepared (a tfrecord build).
   builder = tfds.builder(tfds_name, data_dir=data_dir)
@@ -101,7 +115,7 @@ def open_catalogue(tfds_name: str, data_dir: str) -> tuple[
         builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD):
       raise  # Prepared and readable: a different problem, shown as is.
     # TFDS's own traceback says no more than the message.
-    raise _not_found(builder, tfds_name, data_dir) from None
+    raise _not_found(builder, tfds_name, data_dir, name) from None
   return builder, sources
 
 
@@ -231,7 +245,8 @@ def load_catalogue(name: str, *, data_dir: str, config: str | None = None
   tfds_name = CATALOGUE[name]
   if config:
     tfds_name = f'{tfds_name.split("/")[0]}/{config}'
-  builder, sources = open_catalogue(tfds_name, data_dir)
+  builder, sources = open_catalogue(
+      tfds_name, data_dir, f'{name}/{config}' if config else name)
   splits = []
   for split, source in zip(SPLITS, sources):
     columns = read_split(builder, split, source, ('image', 'label'),

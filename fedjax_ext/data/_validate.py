@@ -50,19 +50,22 @@ def _check_features(x: np.ndarray, where: str) -> None:
 
 
 def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
-  """Integer, one per example, in [0, num_classes)."""
+  """Integer, one per example ([N]) or per token ([N, T]), in range."""
   y = np.asarray(y)
-  if y.ndim != 1:
-    raise DataError(f"{where}: column 'y' must be 1-D [N], got shape "
-                    f'{y.shape}.')
+  if y.ndim not in (1, 2):
+    raise DataError(f"{where}: column 'y' must be [N] (a class per example) "
+                    f'or [N, T] (a class per token), got shape {y.shape}.')
   if not np.issubdtype(y.dtype, np.integer):
     raise DataError(f"{where}: column 'y' must be integer class ids, got "
                     f'dtype {y.dtype}.')
-  bad = np.flatnonzero((y < 0) | (y >= num_classes))
+  flat = y.reshape(-1)
+  bad = np.flatnonzero((flat < 0) | (flat >= num_classes))
   if len(bad):
+    index = bad[0] if y.ndim == 1 else np.unravel_index(bad[0], y.shape)
+    index = tuple(int(i) for i in index) if y.ndim > 1 else int(index)
     raise DataError(f"{where}: column 'y' has {len(bad)} label(s) outside "
-                    f'[0, {num_classes}); first at index {bad[0]}: value '
-                    f'{y[bad[0]]}.')
+                    f'[0, {num_classes}); first at index {index}: value '
+                    f'{flat[bad[0]]}.')
 
 
 def validate_examples(examples: Mapping[str, np.ndarray], *, num_classes: int,
@@ -71,7 +74,8 @@ def validate_examples(examples: Mapping[str, np.ndarray], *, num_classes: int,
 
   Checks, in order: columns 'x' and 'y' present; all columns of one length;
   at least one example; 'x' numeric and finite; 'y' integer in
-  ``[0, num_classes)``.
+  ``[0, num_classes)``, [N] or [N, T] (next-token targets, padding
+  included as the PAD class 0).
 
   Args:
     examples: equal-length NumPy columns.

@@ -5,16 +5,23 @@ import flax.linen as nn
 from fedjax_ext.models._cnn import EmnistCNN
 from fedjax_ext.models._linear import LogisticRegression
 from fedjax_ext.models._linear import MLP
+from fedjax_ext.models._recurrent import CharLSTM
+from fedjax_ext.models._recurrent import WordLSTM
 from fedjax_ext.models._resnet import ResNetGN
 
 # The names `create_model` accepts, simplest first.
-MODELS = ('logistic', 'mlp', 'cnn', 'resnet')
+MODELS = ('logistic', 'mlp', 'cnn', 'resnet', 'char_lstm', 'word_lstm')
+# The models of token ids [B, T] -> logits [B, T, V] (next-token prediction);
+# the others map features [B, ...] -> logits [B, V].
+SEQUENCE_MODELS = ('char_lstm', 'word_lstm')
 
 _CLASSES = {
     'logistic': LogisticRegression,
     'mlp': MLP,
     'cnn': EmnistCNN,
     'resnet': ResNetGN,
+    'char_lstm': CharLSTM,
+    'word_lstm': WordLSTM,
 }
 
 
@@ -23,14 +30,17 @@ def create_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
 
   Args:
     name: one of `MODELS`: ``'logistic'`` (`LogisticRegression`), ``'mlp'``
-      (`MLP`), ``'cnn'`` (`EmnistCNN`) or ``'resnet'`` (`ResNetGN`).
+      (`MLP`), ``'cnn'`` (`EmnistCNN`), ``'resnet'`` (`ResNetGN`), or a
+      next-token model of `SEQUENCE_MODELS`: ``'char_lstm'`` (`CharLSTM`,
+      Shakespeare) or ``'word_lstm'`` (`WordLSTM`, Stack Overflow), for
+      which ``num_classes`` is the vocabulary size.
     num_classes: the number of output logits.
     **kwargs: the model's other attributes, e.g. ``hidden_sizes`` for
       ``'mlp'`` or ``num_filters`` for ``'resnet'``.
 
   Returns:
     An unbound module whose ``apply(variables, x, *, train=False)`` returns
-    logits [B, num_classes].
+    logits [B, num_classes] ([B, T, num_classes] for `SEQUENCE_MODELS`).
 
   Raises:
     ValueError: for a name not in `MODELS`.

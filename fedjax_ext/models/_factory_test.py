@@ -20,8 +20,12 @@ INPUTS = {'digits_8x8x1': (8, 8, 1), 'emnist_28x28x1': (28, 28, 1),
           'cifar_32x32x3': (32, 32, 3), 'vector_60': (60,)}
 
 
+# Feature -> class models; the next-token ones are tested in _recurrent_test.
+CLASSIFIERS = tuple(n for n in models.MODELS if n not in models.SEQUENCE_MODELS)
+
+
 def _cases():
-  for name in models.MODELS:
+  for name in CLASSIFIERS:
     for input_name, shape in INPUTS.items():
       if name in ('cnn', 'resnet') and len(shape) == 1:
         continue  # Convolutional models take images only.
@@ -36,6 +40,8 @@ class CreateModelTest(parameterized.TestCase):
       ('mlp', 'mlp', models.MLP),
       ('cnn', 'cnn', models.EmnistCNN),
       ('resnet', 'resnet', models.ResNetGN),
+      ('char_lstm', 'char_lstm', models.CharLSTM),
+      ('word_lstm', 'word_lstm', models.WordLSTM),
   )
   def test_names_resolve_to_classes(self, name, cls):
     model = models.create_model(name, num_classes=7, **SMALL.get(name, {}))
@@ -43,7 +49,9 @@ class CreateModelTest(parameterized.TestCase):
     self.assertEqual(model.num_classes, 7)
 
   def test_models_tuple_matches_the_factory(self):
-    self.assertEqual(models.MODELS, ('logistic', 'mlp', 'cnn', 'resnet'))
+    self.assertEqual(models.MODELS, ('logistic', 'mlp', 'cnn', 'resnet',
+                                     'char_lstm', 'word_lstm'))
+    self.assertEqual(models.SEQUENCE_MODELS, ('char_lstm', 'word_lstm'))
 
   def test_kwargs_reach_the_model(self):
     model = models.create_model('resnet', num_classes=10, num_filters=16,
@@ -52,7 +60,8 @@ class CreateModelTest(parameterized.TestCase):
 
   def test_unknown_name_lists_valid_names(self):
     with self.assertRaisesRegex(
-        ValueError, r"'vit'.*logistic, mlp, cnn, resnet"):
+        ValueError, r"'vit'.*logistic, mlp, cnn, resnet, char_lstm, "
+        'word_lstm'):
       models.create_model('vit', num_classes=10)
 
   @parameterized.named_parameters(*_cases())
@@ -68,7 +77,7 @@ class CreateModelTest(parameterized.TestCase):
       self.assertEqual(logits.shape, (3, 10))
       self.assertEqual(logits.dtype, jnp.float32)
 
-  @parameterized.named_parameters(*((n, n) for n in models.MODELS))
+  @parameterized.named_parameters(*((n, n) for n in CLASSIFIERS))
   def test_finite_gradients(self, name):
     model = models.create_model(name, num_classes=10, **SMALL.get(name, {}))
     x = np.random.default_rng(1).standard_normal((4, 8, 8, 1), np.float32)

@@ -23,6 +23,7 @@ from fedjax_ext.training._loop import validate_config
 from fedjax_ext.training._outputs import MetricsWriter
 from fedjax_ext.training._outputs import read_metrics
 from fedjax_ext.training._plots import mean_curve
+from fedjax_ext.training._plots import plot_heatmaps
 from fedjax_ext.training._plots import plot_metrics
 from fedjax_ext.training._plots import plot_runs
 from fedjax_ext.training._runner import Evaluator
@@ -30,3 +31,4 @@ from fedjax_ext.training._runner import NonFiniteError
 from fedjax_ext.training._runner import Preempted
 from fedjax_ext.training._runner import run_rounds
 from fedjax_ext.training._runner import RunResult
+from fedjax_ext.training._runner import training_alarms

@@ -152,8 +152,11 @@ def compose_algorithm(config, loss_fn: clients.LossFn, *, num_clients: int,
     extra_metrics = drift.drift_metrics(select=drift_select)
   server_name = ('fedavg' if c.algorithm in ('fedprox', 'scaffold')
                  else c.algorithm)
-  server_opt = server.server_optimizer(server_name, c.server_lr,
-                                       momentum=c.server_momentum)
+  server_lr = (c.server_lr if c.server_lr is not None else
+               algorithms.DEFAULT_SERVER_LEARNING_RATES[c.algorithm])
+  server_opt = server.server_optimizer(server_name, server_lr,
+                                       momentum=c.server_momentum,
+                                       tau=c.server_tau)
   if c.client_optimizer != 'sgd':
     return zo.zo_fed_avg(
         loss_fn, zo_optimizer(c.client_optimizer, c.client_lr,
@@ -177,8 +180,8 @@ def compose_algorithm(config, loss_fn: clients.LossFn, *, num_clients: int,
         execution=execution)
   algorithm = algorithms.create_algorithm(
       c.algorithm, loss_fn, client_learning_rate=c.client_lr,
-      server_learning_rate=c.server_lr, num_clients=num_clients,
-      prox_mu=c.prox_mu, server_momentum=c.server_momentum,
+      server_learning_rate=server_lr, num_clients=num_clients,
+      prox_mu=c.prox_mu, server_momentum=c.server_momentum, tau=c.server_tau,
       aggregator=aggregator, weighting=c.weighting,
       extra_metrics=extra_metrics, execution=execution)
   if c.drift_metrics:

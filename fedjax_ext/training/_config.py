@@ -40,7 +40,9 @@ class ExperimentConfig:
   local_steps: int = 0  # > 0 replaces local_epochs.
   batch_size: int = 20
   client_lr: float = 0.1
-  server_lr: float = 1.0
+  # None: the algorithm's default (algorithms.DEFAULT_SERVER_LEARNING_RATES).
+  server_lr: float | None = None
+  server_tau: float = 1e-3  # Adaptive server optimizers' epsilon (tau).
   server_momentum: float = 0.9
   prox_mu: float = 0.01
   # Aggregation weight: 'num_examples' (dataset size n_k, as McMahan et
@@ -190,8 +192,8 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
   _require(_finite(c.local_epochs) and c.local_epochs <= MAX_LOCAL_EPOCHS,
            'local_epochs', f'a number in (0, {MAX_LOCAL_EPOCHS}]',
            c.local_epochs)
-  for flag in ('client_lr', 'server_lr', 'dirichlet_alpha', 'quantity_alpha',
-               'local_epochs'):
+  for flag in ('client_lr', 'dirichlet_alpha', 'quantity_alpha',
+               'local_epochs', 'server_tau'):
     value = getattr(c, flag)
     _require(_finite(value) and value > 0, flag, 'a finite number > 0',
              value)
@@ -206,9 +208,12 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
                for h in c.hidden_sizes),
            'hidden_sizes', f'a list of integers in [1, {MAX_HIDDEN:,}]',
            list(c.hidden_sizes))
+  _require(c.server_lr is None or (_finite(c.server_lr) and c.server_lr > 0),
+           'server_lr', 'a finite number > 0 (unset: per algorithm)',
+           c.server_lr)
   for flag in ('client_lr', 'server_lr'):
     value = getattr(c, flag)
-    _require(value <= MAX_LEARNING_RATE, flag,
+    _require(value is None or value <= MAX_LEARNING_RATE, flag,
              f'a finite number in (0, {MAX_LEARNING_RATE:g}]', value)
 
 

@@ -27,6 +27,7 @@ from fedjax_ext import data
 from fedjax_ext import isr
 from fedjax_ext import models
 from fedjax_ext import zo
+from fedjax_ext.data._tfds import resolve_data_dir
 from fedjax_ext.training import _compose
 from fedjax_ext.training import _config
 from fedjax_ext.training import _distributed
@@ -177,8 +178,16 @@ def run_experiment(config: ExperimentConfig, *,
   if _distributed.is_multiprocess() and not config.workdir:
     raise ConfigError('--workdir is required with several processes (they '
                       'must share it).')
-  workdir = config.workdir or default_workdir(config)
   federation = load_federation(config)
+  # Every value the run uses, written to config.json: a run is reproduced
+  # by --config=<workdir>/config.json.
+  config = dataclasses.replace(
+      config, workdir=config.workdir or default_workdir(config),
+      data_dir=resolve_data_dir(config.data_dir),
+      num_clients=federation.num_clients,
+      server_lr=(config.server_lr if config.server_lr is not None else
+                 algorithms.DEFAULT_SERVER_LEARNING_RATES[config.algorithm]))
+  workdir = config.workdir
   groups = config.sampling_groups or jax.process_count()
   if config.clients_per_round % groups:
     raise ConfigError(f'--clients_per_round ({config.clients_per_round}) '
@@ -232,6 +241,7 @@ def run_experiment(config: ExperimentConfig, *,
       f'{jax.device_count()} device(s) in {jax.process_count()} '
       f'process(es); workdir {workdir}')
   _, run_key = run_keys(config.seed)
+  strategy = core.resolve_strategy(config.execution, [params])
   return _runner.run_rounds(
       algorithm, params, num_clients=federation.num_clients,
       cohorts=cohorts, rounds=config.rounds, key=run_key, workdir=workdir,
@@ -239,4 +249,8 @@ def run_experiment(config: ExperimentConfig, *,
       checkpoint_every=config.checkpoint_every, resume=config.resume,
       resume_from=config.resume_from, config=dataclasses.asdict(config),
       config_may_differ=_config.RESUMABLE_CHANGES,
-      title=f'{config.algorithm} on {config.dataset}', log=log)
+      title=f'{config.algorithm} on {config.dataset}',
+      alarms=[_runner.training_alarms(federation.num_classes)],
+      description=(f'{config.model}, {strategy} clients, '
+                   f'{config.clients_per_round} per round, {num_steps} local '
+                   'steps'), log=log)

@@ -154,6 +154,36 @@ class RunResult(NamedTuple):
   metrics: list[dict[str, Any]]  # The metrics.jsonl lines of the run.
 
 
+def training_alarms(num_classes: int | None = None, *, patience: int = 3
+                   ) -> Callable[[list[Mapping[str, Any]]], str | None]:
+  """A `run_rounds` alarm: the loss keeps growing, or accuracy is chance.
+
+  Returns ``fn(lines) -> warning or None`` over the metrics lines so far:
+  a warning when ``train_loss`` grew at each of the last `patience`
+  evaluations, or when ``test_accuracy`` has stayed within 2 points of
+  chance (1 / num_classes) for `patience` evaluations.
+  """
+
+  def check(lines):
+    losses = [l.get('train_loss') for l in lines[-patience - 1:]]
+    if len(losses) == patience + 1 and all(
+        isinstance(a, float) and isinstance(b, float) and b > a
+        for a, b in zip(losses, losses[1:])):
+      return (f'warning: train_loss grew at each of the last {patience} '
+              f'evaluations ({losses[0]:.4g} -> {losses[-1]:.4g}); the '
+              'learning rates may be too large.')
+    if num_classes:
+      recent = [l.get('test_accuracy') for l in lines[-patience:]]
+      chance = 1. / num_classes
+      if len(recent) == patience and all(
+          isinstance(a, float) and a <= chance + 0.02 for a in recent):
+        return (f'warning: test_accuracy has stayed at chance ({chance:.2f})'
+                f' for {patience} evaluations; check the learning rates.')
+    return None
+
+  return check
+
+
 def _progress(done: int, rounds: int, recent: list[float],
               line: Mapping[str, Any]) -> str:
   parts = [f'round {done}/{rounds}']
@@ -183,6 +213,8 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
                config_may_differ: Sequence[str] = (),
                title: str | None = None,
                tensorboard: bool = True,
+               alarms: Sequence[Callable[[list], str | None]] = (),
+               description: str | None = None,
                log: Callable[[str], None] = print) -> RunResult:
   """Trains `algorithm` for `rounds` rounds (module docstring).
 
@@ -209,6 +241,10 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
       resumption (e.g. ``rounds``).
     title: title of the plot.
     tensorboard: also write TensorBoard event files.
+    alarms: each ``fn(lines) -> warning or None`` runs after every
+      evaluation; each distinct warning is logged once (`training_alarms`).
+    description: what the round is (model, strategy, cohort), announced
+      before its first compilation, which can take minutes.
     log: progress lines (process 0 only).
 
   Returns:
@@ -238,13 +274,14 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
         eval_every=eval_every, checkpoint_every=checkpoint_every,
         resume=resume or resume_from is not None, resume_from=resume_from,
         config=config, config_may_differ=config_may_differ, title=title,
-        tensorboard=tensorboard, log=log, lead=lead)
+        tensorboard=tensorboard, alarms=alarms, description=description,
+        log=log, lead=lead)
 
 
 def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
                 workdir, evaluators, eval_every, checkpoint_every, resume,
                 resume_from, config, config_may_differ, title, tensorboard,
-                log, lead) -> RunResult:
+                alarms, description, log, lead) -> RunResult:
   """`run_rounds` once the workdir is this run's."""
   ckpt_dir = workdir / CHECKPOINT_DIR
   metrics_path = workdir / _outputs.METRICS_FILE
@@ -341,6 +378,10 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
     t_start = time.perf_counter()
     round_times = []
     last_saved = start or None
+    warned = set()
+    if start < rounds:
+      log(f'Compiling the round{f" ({description})" if description else ""}'
+          '; the first round includes the compilation.')
     try:
       with _StopRequests() as stop:
         for r, cohort in _prefetch.prefetch(packed()):
@@ -381,6 +422,11 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
             if writer is not None:
               writer.write(line)
             log(_progress(done, rounds, recent, line))
+            for alarm in alarms:
+              warning = alarm(lines)
+              if warning and warning not in warned:
+                warned.add(warning)
+                log(warning)
             interval = []
           if done % checkpoint_every == 0 or done == rounds:
             save(done)
@@ -396,7 +442,23 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
     finally:
       if writer is not None:
         writer.close()
+  plot_path = workdir / _outputs.PLOT_FILE
   if lines and lead:
-    _plots.plot_metrics(os.fspath(metrics_path),
-                        os.fspath(workdir / _outputs.PLOT_FILE), title=title)
+    _plots.plot_metrics(os.fspath(metrics_path), os.fspath(plot_path),
+                        title=title)
+    log(_summary(lines, time.perf_counter() - t_start, metrics_path,
+                 plot_path, ckpt_dir))
   return RunResult(state, store, [_outputs.json_safe(l) for l in lines])
+
+
+def _summary(lines, seconds, metrics_path, plot_path, ckpt_dir) -> str:
+  """The closing lines: final accuracy, its tail, rounds, time, paths."""
+  last = lines[-1]
+  parts = [f'Done: {last["round"]} rounds in {seconds:.1f} s']
+  for key, label in (('test_accuracy', 'test accuracy'),
+                     ('client_accuracy_p10', 'per-client accuracy p10'),
+                     ('train_loss', 'train loss')):
+    if isinstance(last.get(key), float):
+      parts.append(f'{label} {last[key]:.4f}')
+  return ('; '.join(parts) + f'.\n  metrics: {metrics_path}\n  plot: '
+          f'{plot_path}\n  checkpoints: {ckpt_dir}')
