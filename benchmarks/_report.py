@@ -230,14 +230,12 @@ def markdown(rows, meta, *, png_path):
       f"{meta.get('planned', len(rows))} planned configurations)",
       f"- Machine: {machine['cpu']}, {machine['cores']} cores, "
       f"{machine['memory']} RAM, Python {machine['python']}, CPU only.",
-      '- **The machine was shared with other engineers running tests and '
-      'builds during this run: timings are noisy.** Compare ratios within '
-      'this run, not absolute numbers across runs; the 1-minute load '
-      'average before/after each configuration is in '
-      '`benchmarks/results/results.json`.',
+      '- Compare ratios within this run, not absolute numbers across runs; '
+      'the 1-minute load average before/after each configuration is in '
+      'results.json next to the plot.',
       f"- Load average over the configurations: {_load_summary(rows)}.",
-      '- GPU path (issue 3, item 5): not measured; no accelerator was lent '
-      'to this run.',
+      f"- Backend: {meta.get('backend', 'cpu')}; a GPU/TPU path is "
+      'measured only when the run has an accelerator.',
       f"- Our strategies (read from `fedjax_ext.core.STRATEGIES` at run "
       f"time): {', '.join(meta['strategies'])}.",
       '',
@@ -253,7 +251,7 @@ def markdown(rows, meta, *, png_path):
       '',
       f'![seconds per round and peak memory]({png_path})',
       '',
-      '## Targets (issue 3)',
+      '## Targets',
       '',
       'Verdicts are on `auto` with the default unroll, what a user gets '
       'without flags. The fastest of our variants is shown for '

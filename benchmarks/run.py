@@ -34,6 +34,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -94,10 +95,20 @@ flags.DEFINE_string('omp_wait_policy', 'PASSIVE',
 flags.DEFINE_string('venv_root', '/work/venvs',
                     'Directory holding the peer virtualenvs fedjax/, torch/ '
                     'and flower/ (benchmarks/setup_venvs.sh).')
-flags.DEFINE_string('out', os.path.join(ROOT, 'BENCHMARKS.md'),
-                    'Markdown report to write.')
-flags.DEFINE_string('results_dir', os.path.join(HERE, 'results'),
-                    'Where the PNG and results.json go.')
+DEFAULT_RESULTS_DIR = os.path.join(tempfile.gettempdir(),
+                                   'fedjax_ext_benchmarks')
+flags.DEFINE_bool('update_report', False,
+                  'Write the tracked report: BENCHMARKS.md and '
+                  'benchmarks/results/ (unless --out / --results_dir say '
+                  'otherwise). Without it a run never touches tracked files.')
+flags.DEFINE_string('out', '',
+                    'Markdown report to write (default: '
+                    '<results_dir>/BENCHMARKS.md, or the tracked '
+                    'BENCHMARKS.md with --update_report).')
+flags.DEFINE_string('results_dir', '',
+                    'Where the report, the PNG and results.json go (default: '
+                    f'{DEFAULT_RESULTS_DIR}, or benchmarks/results/ with '
+                    '--update_report).')
 flags.DEFINE_integer('timeout_s', 600,
                      'Wall-clock limit of one configuration (subprocess).')
 flags.DEFINE_float('scale', 1.0,
@@ -113,7 +124,7 @@ flags.DEFINE_string('from_results', '',
                     '(e.g. of a run cut short); runs nothing.')
 flags.DEFINE_bool('quick', False,
                   'Tiny sizes, our systems only (ours, limit): the smoke '
-                  'test; writes into --results_dir and --out as usual.')
+                  'test; refuses --update_report.')
 
 FLAGS = flags.FLAGS
 
@@ -419,9 +430,28 @@ def _machine():
           'python': platform.python_version(), 'platform': platform.platform()}
 
 
+def jax_backend() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.default_backend()
+
+
+def resolve_output_paths() -> None:
+  """Fills --results_dir / --out: temporary unless --update_report."""
+  if FLAGS.quick and FLAGS.update_report:
+    fail('--quick runs tiny sizes; it cannot --update_report the tracked '
+         'BENCHMARKS.md.')
+  if not FLAGS.results_dir:
+    FLAGS.results_dir = (os.path.join(HERE, 'results') if FLAGS.update_report
+                         else DEFAULT_RESULTS_DIR)
+  if not FLAGS.out:
+    FLAGS.out = (os.path.join(ROOT, 'BENCHMARKS.md') if FLAGS.update_report
+                 else os.path.join(FLAGS.results_dir, 'BENCHMARKS.md'))
+
+
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  resolve_output_paths()
   if FLAGS.from_results:
     try:
       with open(FLAGS.from_results) as f:
@@ -501,6 +531,7 @@ def main(argv):
       'quick': FLAGS.quick,
       'subprocess': FLAGS.subprocess,
       'planned': len(configs),
+      'backend': jax_backend(),
   }
   t_start = time.perf_counter()
   cache, rows = {}, []

@@ -106,12 +106,18 @@ class NamesTest(parameterized.TestCase):
   def test_datasets(self):
     self.assertEqual(_datasets.DATASETS,
                      ('digits', 'leaf_synthetic', 'mnist', 'emnist',
-                      'fashion_mnist', 'cifar10', 'cifar100'))
+                      'fashion_mnist', 'cifar10', 'cifar100',
+                      'federated_emnist', 'shakespeare', 'stackoverflow'))
+    self.assertEqual(_datasets.NATURAL_CLIENTS,
+                     ('leaf_synthetic', 'federated_emnist', 'shakespeare',
+                      'stackoverflow'))
 
   @parameterized.parameters('imagenet', 'mnist_corrupted', '')
   def test_unknown_name_lists_datasets(self, name):
     with self.assertRaisesRegex(ValueError, 'digits, leaf_synthetic, mnist, '
-                                'emnist, fashion_mnist, cifar10, cifar100'):
+                                'emnist, fashion_mnist, cifar10, cifar100, '
+                                'federated_emnist, shakespeare, '
+                                'stackoverflow'):
       _datasets.load_dataset(name, data_dir='/nonexistent')
 
   def test_unknown_config_lists_configs(self):
@@ -150,9 +156,14 @@ class CatalogueTest(parameterized.TestCase):
   def test_absent_catalogue_dataset(self):
     data_dir = tempfile.mkdtemp(prefix='fedjax_ext_absent_')
     self.addCleanup(shutil.rmtree, data_dir)
-    with self.assertRaisesRegex(_tfds.DatasetNotFoundError,
-                                'tfds build fashion_mnist'):
+    with self.assertRaisesRegex(
+        _tfds.DatasetNotFoundError,
+        'python -m fedjax_ext.data.prepare --dataset=fashion_mnist '
+        f'--data_dir={data_dir}'):
       _datasets.load_dataset('fashion_mnist', data_dir=data_dir)
+    with self.assertRaisesRegex(_tfds.DatasetNotFoundError,
+                                '--dataset=emnist/balanced '):
+      _datasets.load_dataset('emnist/balanced', data_dir=data_dir)
 
 
 if __name__ == '__main__':

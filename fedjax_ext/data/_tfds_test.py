@@ -112,8 +112,11 @@ class CatalogueTest(parameterized.TestCase):
     message = str(caught.exception)
     self.assertIsInstance(caught.exception, _validate.DataError)
     self.assertIn(os.path.join(data_dir, 'cifar10', '3.0.2'), message)
-    self.assertIn(f'tfds build cifar10 --data_dir {data_dir} --file_format '
-                  'array_record', message)
+    self.assertIn('python -m fedjax_ext.data.prepare --dataset=cifar10 '
+                  f'--data_dir={data_dir}', message)
+    self.assertIn("the [prepare] extra: pip install -e '.[prepare]'",
+                  message)
+    self.assertNotIn('tfds build', message)
     self.assertIsNone(caught.exception.__cause__)
     self.assertEqual(os.listdir(data_dir), [])  # Nothing was downloaded.
 

@@ -41,6 +41,20 @@ class ValidateExamplesTest(parameterized.TestCase):
         rf'value {bad}'):
       _validate.validate_examples(examples, num_classes=3, where='toy')
 
+  def test_token_labels(self):
+    examples = {'x': np.ones((4, 5), np.int32),
+                'y': np.zeros((4, 5), np.int32)}
+    _validate.validate_examples(examples, num_classes=3, where='text')
+    examples['y'][2, 3] = 7
+    with self.assertRaisesRegex(
+        _validate.DataError,
+        r"text: column 'y' has 1 label\(s\) outside \[0, 3\); first at "
+        r'index \(2, 3\): value 7'):
+      _validate.validate_examples(examples, num_classes=3, where='text')
+    examples['y'] = np.zeros((4, 5, 2), np.int32)
+    with self.assertRaisesRegex(_validate.DataError, r'\[N, T\].*\(4, 5, 2\)'):
+      _validate.validate_examples(examples, num_classes=3, where='text')
+
   def test_float_labels_rejected(self):
     examples = dict(good(), y=np.zeros(6, np.float32))
     with self.assertRaisesRegex(_validate.DataError, "column 'y'.*float32"):
