@@ -25,5 +25,10 @@ setuptools.setup(
         'tensorboardX',  # TensorBoard event files without TensorFlow.
         'ml_collections',  # --config files of experiments.train.
     ],
-    extras_require={'test': ['pytest>=8', 'pytest-xdist']},
+    extras_require={
+        'test': ['pytest>=8', 'pytest-xdist', 'h5py'],
+        # Preparing data: TFDS's catalogue builders need TensorFlow; the TFF
+        # federated releases are HDF5.
+        'prepare': ['tensorflow-cpu', 'h5py'],
+    },
 )

@@ -49,7 +49,9 @@ flags.DEFINE_string('data_dir', _D.data_dir,
                     '~/tensorflow_datasets).')
 flags.DEFINE_string('partition', _D.partition,
                     f'How to split data over clients: '
-                    f'{_names(data.PARTITIONS)}.')
+                    f'{_names(data.PARTITIONS)}; unset: natural for datasets '
+                    f'with natural clients ({_names(data.NATURAL_CLIENTS)}), '
+                    'else dirichlet.')
 flags.DEFINE_float('dirichlet_alpha', _D.dirichlet_alpha,
                    'Dirichlet label-skew concentration (> 0; smaller is '
                    'more non-IID).')

@@ -172,7 +172,10 @@ def map_clients(fn: Callable[..., Any], *args: PyTree,
   if len(in_axes) != len(args):
     raise ValueError(f'in_axes has {len(in_axes)} entries for {len(args)} '
                      'arguments.')
+  if any(ax not in (0, None) for ax in in_axes):
+    raise ValueError(f'in_axes entries must be 0 or None, got {in_axes}.')
   execution = as_execution(execution)
+  _check_client_axis(args, in_axes)
   broadcast = [a for a, ax in zip(args, in_axes) if ax is None]
   strategy = resolve_strategy(execution.strategy, broadcast)
   if strategy == 'sharded':
@@ -194,6 +197,26 @@ def map_clients(fn: Callable[..., Any], *args: PyTree,
   if strategy == 'sequential':
     return jax.lax.map(one_client, mapped)
   return jax.lax.map(one_client, mapped, batch_size=execution.chunk_size)
+
+
+def _check_client_axis(args, in_axes) -> None:
+  """Every mapped leaf has the same leading [C] axis; else a named error."""
+  sizes = {}
+  for position, (arg, ax) in enumerate(zip(args, in_axes)):
+    if ax is None:
+      continue
+    for leaf in jax.tree.leaves(arg):
+      shape = np.shape(leaf)
+      if not shape:
+        raise ValueError(f'map_clients: argument {position} has a scalar '
+                         'leaf; mapped arguments need a leading client '
+                         'axis [C, ...] (use in_axes=None to broadcast).')
+      sizes.setdefault(shape[0], position)
+  if len(sizes) > 1:
+    described = ', '.join(f'{size} (argument {position})'
+                          for size, position in sizes.items())
+    raise ValueError('map_clients: mapped arguments disagree on the number '
+                     f'of clients: {described}.')
 
 
 def _map_sharded(fn, args, in_axes, execution):

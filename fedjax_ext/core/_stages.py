@@ -86,9 +86,33 @@ def run_clients(client_update: ClientUpdateFn, server_message: PyTree,
   Returns:
     The stacked `ClientOutput` of the cohort.
   """
+  check_cohort(cohort)
   return _map.map_clients(
       client_update, server_message, client_states, cohort.batches, keys,
       cohort.client_info(), in_axes=(None, 0, 0, 0, 0), execution=execution)
+
+
+def check_cohort(cohort: Cohort) -> None:
+  """Shapes of a `Cohort` (at trace time); a ValueError names the field."""
+  ids = jnp.shape(cohort.client_ids)
+  if len(ids) != 1:
+    raise ValueError(f'Cohort.client_ids must be [C], got shape {ids}.')
+  num = ids[0]
+  mask = cohort.batches.get('mask') if hasattr(cohort.batches, 'get') \
+      else None
+  if mask is None or jnp.ndim(mask) != 3 or jnp.shape(mask)[0] != num:
+    raise ValueError(f"Cohort.batches['mask'] must be [C={num}, S, B], got "
+                     f'{None if mask is None else jnp.shape(mask)}.')
+  for name, column in cohort.client_info().items():
+    if jnp.shape(column) != (num,):
+      raise ValueError(f"Cohort.{'info' if name != 'num_examples' else ''}"
+                       f"{'[' + repr(name) + ']' if name != 'num_examples' else 'num_examples'}"
+                       f' must be [C={num}], got {jnp.shape(column)}.')
+  for name, column in cohort.batches.items():
+    if jnp.shape(column)[:3] != jnp.shape(mask):
+      raise ValueError(f'Cohort.batches[{name!r}] must start with '
+                       f'[C, S, B] = {jnp.shape(mask)}, got '
+                       f'{jnp.shape(column)}.')
 
 
 def check_weighting(weighting: str) -> None:

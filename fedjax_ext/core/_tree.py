@@ -20,6 +20,13 @@ def tree_weighted_mean(stacked: PyTree, weights: jax.Array) -> PyTree:
   Returns:
     A pytree shaped like one client's leaf, in the leaves' dtype.
   """
+  leaves = jax.tree.leaves(stacked)
+  if jnp.ndim(weights) != 1 or any(
+      leaf.shape[:1] != jnp.shape(weights) for leaf in leaves):
+    raise ValueError(
+        f'tree_weighted_mean: weights must have shape [C] matching the '
+        f'leading axis of every leaf; got weights {jnp.shape(weights)} and '
+        f'leaves {sorted({tuple(leaf.shape[:1]) for leaf in leaves})}.')
   total = jnp.sum(weights)
   normalized = weights / jnp.where(total > 0, total, 1.)
 

@@ -22,7 +22,10 @@ class ExperimentConfig:
   # Data.
   dataset: str = 'digits'
   data_dir: str | None = None
-  partition: str = 'dirichlet'
+  # None: 'natural' for datasets with natural clients (a client_id column:
+  # leaf_synthetic, federated_emnist, shakespeare, stackoverflow), else
+  # 'dirichlet' (data.default_partition).
+  partition: str | None = None
   dirichlet_alpha: float = 0.5
   classes_per_client: int = 2
   quantity_alpha: float = 1.0
@@ -140,7 +143,8 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
   _choice(c.dataset.split('/')[0], 'dataset', datasets)
   _choice(c.model, 'model', models)
   _choice(c.algorithm, 'algorithm', algorithms)
-  _choice(c.partition, 'partition', partitions)
+  if c.partition is not None:
+    _choice(c.partition, 'partition', partitions)
   _choice(c.execution, 'execution', strategies)
   _choice(c.weighting, 'weighting', weightings)
   _choice(c.aggregator, 'aggregator', aggregators)

@@ -64,7 +64,14 @@ def validate_config(config: ExperimentConfig) -> None:
 
 
 def load_federation(config: ExperimentConfig) -> Federation:
-  """Loads the dataset and splits it into clients as the config says."""
+  """Loads the dataset and splits it into clients as the config says.
+
+  An unset ``partition`` is the dataset's default (`data.default_partition`:
+  its natural clients when it has them).
+  """
+  if config.partition is None:
+    config = dataclasses.replace(
+        config, partition=data.default_partition(config.dataset))
   if config.data_dir and os.path.exists(config.data_dir) and not (
       os.path.isdir(config.data_dir)):
     raise ConfigError(f'--data_dir={config.data_dir} is a file, not a '
@@ -178,7 +185,20 @@ def run_experiment(config: ExperimentConfig, *,
   if _distributed.is_multiprocess() and not config.workdir:
     raise ConfigError('--workdir is required with several processes (they '
                       'must share it).')
+  config = dataclasses.replace(
+      config, partition=config.partition or data.default_partition(
+          config.dataset))
   federation = load_federation(config)
+  sequence_model = config.model in models.SEQUENCE_MODELS
+  if sequence_model != (federation.train['y'].ndim == 2):
+    raise ConfigError(
+        f'--model={config.model} '
+        + ('predicts a label per token; ' if sequence_model else
+           'predicts one label per example; ')
+        + f'--dataset={config.dataset} has '
+        + ('one label per token' if federation.train['y'].ndim == 2 else
+           'one label per example')
+        + f' (sequence models: {", ".join(models.SEQUENCE_MODELS)}).')
   # Every value the run uses, written to config.json: a run is reproduced
   # by --config=<workdir>/config.json.
   config = dataclasses.replace(
