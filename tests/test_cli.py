@@ -31,10 +31,10 @@ def run_cli(*flags, data_dir=None, workdir=None):
      '> 0, got -1.0'),
     (dict(client_lr=0.), '--client_lr must be a finite number > 0'),
     (dict(server_lr=float('nan')), '--server_lr must be a finite number > 0'),
-    (dict(rounds=0), '--rounds must be an integer >= 1, got 0'),
+    (dict(rounds=0), '--rounds must be an integer in [1, 10,000,000], got 0'),
     (dict(server_momentum=1.), '--server_momentum must be in [0, 1)'),
     (dict(client_test_fraction=1.), '--client_test_fraction must be in'),
-    (dict(local_steps=-1), '--local_steps must be >= 0'),
+    (dict(local_steps=-1), '--local_steps must be in [0, 1,000,000]'),
     (dict(hidden_sizes=(0,)), '--hidden_sizes must be a list of integers'),
 ])
 def test_config_errors_name_the_flag(overrides, message):
