@@ -16,7 +16,7 @@ import pytest
 from fedjax_ext import training
 from fedjax_ext.training import _outputs
 
-from _cli_runner import run_module
+from test_bad_input import run_in_process
 
 
 def small_config(tmp_path, data_dir, **overrides):
@@ -100,7 +100,8 @@ def test_bad_combinations_name_the_flags(overrides, message):
   assert '\n' not in str(error.value)
 
 
-def test_config_file_and_flags_reach_the_same_config(tmp_path, data_dir):
+def test_config_file_and_flags_reach_the_same_config(tmp_path, data_dir,
+                                                    capsys):
   config_py = tmp_path / 'my_config.py'
   config_py.write_text(
       'import ml_collections\n'
@@ -112,24 +113,31 @@ def test_config_file_and_flags_reach_the_same_config(tmp_path, data_dir):
       '  c.num_clients = 6\n'
       '  c.clients_per_round = 3\n'
       '  return c\n')
-  by_file = run_module(
-      'experiments.train', f'--config={config_py}', '--config.rounds=2',
-      '--eval_every=1', f'--data_dir={data_dir}',
-      f'--workdir={tmp_path / "a"}', '--compilation_cache_dir=', timeout=300)
-  assert by_file.returncode == 0, by_file.stderr
-  by_flags = run_module(
-      'experiments.train', '--algorithm=fedavgm', '--rounds=2',
-      '--eval_every=1', '--num_clients=6', '--clients_per_round=3',
-      f'--data_dir={data_dir}', f'--workdir={tmp_path / "b"}',
-      '--compilation_cache_dir=', timeout=300)
-  assert by_flags.returncode == 0, by_flags.stderr
+  common = ['--eval_every=1', f'--data_dir={data_dir}',
+            '--compilation_cache_dir=']
+  status, err = run_in_process(
+      [f'--config={config_py}', '--rounds=2',
+       f'--workdir={tmp_path / "a"}', *common], capsys)
+  assert status == 0, err
+  status, err = run_in_process(
+      ['--algorithm=fedavgm', '--rounds=2', '--num_clients=6',
+       '--clients_per_round=3', f'--workdir={tmp_path / "b"}', *common],
+      capsys)
+  assert status == 0, err
+  # A run's own config.json reproduces it.
+  status, err = run_in_process(
+      [f'--config={tmp_path / "a" / "config.json"}',
+       f'--workdir={tmp_path / "c"}', '--compilation_cache_dir='], capsys)
+  assert status == 0, err
   saved = [json.loads((tmp_path / d / 'config.json').read_text())
-           for d in ('a', 'b')]
+           for d in ('a', 'b', 'c')]
   for entry in saved:
     entry.pop('workdir')
-  assert saved[0] == saved[1]
-  metrics = [_outputs.read_metrics(str(tmp_path / d / 'metrics.jsonl'))
-             for d in ('a', 'b')]
-  assert [m['test_accuracy'] for m in metrics[0]] == [
-      m['test_accuracy'] for m in metrics[1]]
+  assert saved[0] == saved[1] == saved[2]
+  metrics = [[{k: v for k, v in m.items() if k not in ('elapsed_s',
+                                                        'round_time_s')}
+              for m in _outputs.read_metrics(str(tmp_path / d /
+                                                 'metrics.jsonl'))]
+             for d in ('a', 'b', 'c')]
+  assert metrics[0] == metrics[1] == metrics[2]
   assert os.path.exists(tmp_path / 'a' / 'tensorboard')
