@@ -119,6 +119,11 @@ def settings_from_flags(fv: flags.FlagValues = flags.FLAGS):
       optimal_factors=[float(f) for f in values['optimal_factors']]))
 
 
+# Settings of the sweep, not of a cell: a cell may be reused across sweeps.
+SWEEP_KEYS = ('resume', 'rounds', 'eval_every', 'data_dir', 'datasets',
+              'aggregators', 'attacks', 'fractions', 'quick', 'workdir')
+
+
 def run_cell(s, fed, cell, b: int, model, evaluator) -> dict:
   """One (dataset, aggregator, attack, fraction, beta) through run_rounds."""
   name, agg_name, attack_name, fraction, beta = cell
@@ -156,7 +161,7 @@ def run_cell(s, fed, cell, b: int, model, evaluator) -> dict:
         evaluators=[evaluator], eval_every=s.eval_every,
         checkpoint_every=s.rounds, resume=resume,
         config=dict(vars(s), cell=cell, b=b), tensorboard=False,
-        config_may_differ=('resume', 'rounds', 'eval_every', 'data_dir'),
+        config_may_differ=SWEEP_KEYS,
         title=' '.join(map(str, cell)), log=lambda _: None).metrics
   except training.NonFiniteError as e:  # The defence let NaN/Inf through.
     return dict(result, finite=False, test_accuracy=None, error=str(e))
