@@ -102,6 +102,34 @@ def _json_configs_as_modules(argv):
   return out
 
 
+class _DropTfdsNoise:
+  """A logging filter for TFDS's harmless warnings about local builds."""
+
+  _NOISE = ('has no dataset_info.json',)
+
+  def filter(self, record) -> bool:
+    return not any(text in record.getMessage() for text in self._NOISE)
+
+
+def quiet_third_party_output() -> None:
+  """The same quiet output in every script: warnings and errors only.
+
+  absl's INFO lines (TFDS, orbax, JAX) are hidden unless ``--verbosity``
+  is given, TFDS's progress bars are off, and TFDS's warning that a
+  locally built dataset has no dataset_info.json is dropped.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  py_logging.getLogger('absl').addFilter(_DropTfdsNoise())
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
+
+
 def parse_flags(argv):
   """absl's parser, with parse errors as one line and exit status 2.
 
@@ -126,4 +154,5 @@ def parse_flags(argv):
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   enable_compilation_cache(flags.FLAGS.compilation_cache_dir)
   set_cpu_devices(flags.FLAGS.cpu_devices)
+  quiet_third_party_output()
   return remaining

@@ -30,7 +30,6 @@ import types
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import numpy as np
 import optax
@@ -239,8 +238,6 @@ def run(s, log=print) -> list[dict]:
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   try:
     run(settings_from_flags())
   except (training.ConfigError, training.CheckpointError, data.DataError) as e:

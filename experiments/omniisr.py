@@ -14,7 +14,7 @@ import os
 import time
 import types
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 import numpy as np
 from sklearn import metrics as sk_metrics
@@ -236,8 +236,6 @@ def run(s, log=print) -> tuple[dict, dict]:
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   try:
     run(settings_from_flags())
   except (training.ConfigError, data.DataError, training.NonFiniteError) as e:

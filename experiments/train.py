@@ -21,7 +21,6 @@ import dataclasses
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from experiments import _cli
@@ -223,8 +222,6 @@ def config_from_flags() -> training.ExperimentConfig:
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS['verbosity'].present:  # Keep TFDS's INFO lines quiet.
-    logging.set_verbosity(logging.WARNING)
   config = config_from_flags()
   initialize_distributed()
   try:

@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from fedjax_ext.core import Cohort, Examples
+from fedjax_ext.data._validate import check_int
+from fedjax_ext.data._validate import check_number
 
 MASK = 'mask'
 # Streams of `np.random.default_rng([seed, round, STREAM])`.
@@ -47,10 +49,12 @@ def sample_clients(num_clients: int, clients_per_round: int, *, seed: int,
   Returns:
     int32 [C] client ids.
   """
-  if not 0 < clients_per_round <= num_clients:
-    raise ValueError(f'clients_per_round must be in [1, {num_clients}], got '
-                     f'{clients_per_round}.')
-  if num_groups < 1 or clients_per_round % num_groups:
+  check_int('num_clients', num_clients, low=1)
+  check_int('clients_per_round', clients_per_round, low=1, high=num_clients)
+  check_int('num_groups', num_groups, low=1)
+  check_int('seed', seed, low=0)
+  check_int('round_num', round_num, low=0)
+  if clients_per_round % num_groups:
     raise ValueError(f'clients_per_round ({clients_per_round}) must be a '
                      f'multiple of num_groups ({num_groups}).')
   per_group = clients_per_round // num_groups
@@ -78,12 +82,12 @@ def num_local_steps(client_sizes: Sequence[int], batch_size: int, *,
   """
   if (local_epochs is None) == (local_steps is None):
     raise ValueError('Give exactly one of local_epochs and local_steps.')
+  check_int('batch_size', batch_size, low=1)
   if local_steps is not None:
-    if local_steps < 1:
-      raise ValueError(f'local_steps must be >= 1, got {local_steps}.')
-    return int(local_steps)
-  if local_epochs <= 0:
-    raise ValueError(f'local_epochs must be > 0, got {local_epochs}.')
+    return check_int('local_steps', local_steps, low=1)
+  check_number('local_epochs', local_epochs, low=0, low_open=True)
+  if not len(client_sizes):
+    raise ValueError('client_sizes must list at least one client, got none.')
   return max(math.ceil(local_epochs * n / batch_size) for n in client_sizes)
 
 
@@ -93,6 +97,41 @@ def _example_stream(indices: np.ndarray, length: int,
   passes = -(-length // len(indices))
   stream = np.concatenate([rng.permutation(indices) for _ in range(passes)])
   return stream[:length]
+
+
+def _check_pack_args(examples, client_indices, cohort_ids, *, batch_size,
+                     num_steps, local_epochs) -> None:
+  """Named errors for `pack_cohort`'s arguments (the cohort's clients only)."""
+  check_int('batch_size', batch_size, low=1)
+  check_int('num_steps', num_steps, low=1)
+  if local_epochs is not None:
+    check_number('local_epochs', local_epochs, low=0, low_open=True)
+  if MASK in examples:
+    raise ValueError(f"examples must not have a {MASK!r} column (pack_cohort "
+                     'adds it).')
+  lengths = {name: len(column) for name, column in examples.items()}
+  if not lengths or len(set(lengths.values())) != 1:
+    raise ValueError(f'examples must be non-empty columns of one length, got '
+                     f'lengths {lengths}.')
+  num_rows = next(iter(lengths.values()))
+  ids = np.asarray(cohort_ids)
+  if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f'cohort_ids must be a 1-D integer array, got shape '
+                     f'{ids.shape} and dtype {ids.dtype}.')
+  num_clients = len(client_indices)
+  if ids.size and (ids.min() < 0 or ids.max() >= num_clients):
+    raise ValueError(f'cohort_ids must be in [0, {num_clients}) (the '
+                     f'clients of client_indices), got {ids.tolist()}.')
+  for client in ids.tolist():
+    indices = np.asarray(client_indices[client])
+    if not indices.size:
+      raise ValueError(f'client_indices[{client}] is empty.')
+    if (not np.issubdtype(indices.dtype, np.integer) or indices.min() < 0 or
+        indices.max() >= num_rows):
+      raise ValueError(f'client_indices[{client}] must be integer rows in '
+                       f'[0, {num_rows}) of examples, got dtype '
+                       f'{indices.dtype}, range [{indices.min()}, '
+                       f'{indices.max()}].')
 
 
 def pack_cohort(examples: Examples, client_indices: Sequence[np.ndarray],
@@ -116,6 +155,9 @@ def pack_cohort(examples: Examples, client_indices: Sequence[np.ndarray],
     A NumPy `Cohort`: columns [C, S, B, ...], 'mask' [C, S, B] float32,
     client ids and the clients' example counts.
   """
+  _check_pack_args(examples, client_indices, cohort_ids,
+                   batch_size=batch_size, num_steps=num_steps,
+                   local_epochs=local_epochs)
   slots = num_steps * batch_size
   rows = np.zeros((len(cohort_ids), slots), np.int64)
   mask = np.zeros((len(cohort_ids), slots), np.float32)

@@ -37,9 +37,13 @@ References:
   Experimental Study <https://arxiv.org/abs/2102.02079>`_, ICDE 2022.
 """
 
+import numbers
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from fedjax_ext.data._validate import check_int
+from fedjax_ext.data._validate import check_number
 
 PARTITIONS = ('iid', 'dirichlet', 'shards', 'quantity_skew', 'natural')
 # Dirichlet label skew redraws all proportions up to this many times when a
@@ -55,6 +59,7 @@ def _group(owner: np.ndarray, num_clients: int) -> list[np.ndarray]:
 
 
 def _check_num_clients(num_clients: int, num_examples: int) -> None:
+  check_int('num_clients', num_clients, low=1)
   if not 1 <= num_clients <= num_examples:
     raise ValueError(f'num_clients must be in [1, {num_examples}] (the number '
                      f'of examples) so that no client is empty, got '
@@ -62,8 +67,7 @@ def _check_num_clients(num_clients: int, num_examples: int) -> None:
 
 
 def _check_positive(value: float, name: str) -> None:
-  if not value > 0:
-    raise ValueError(f'{name} must be > 0, got {value}.')
+  check_number(name, value, low=0, low_open=True)
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:
@@ -88,6 +92,7 @@ def iid_partition(num_examples: int, num_clients: int, *,
   Returns:
     K sorted int64 index arrays covering ``range(N)`` exactly once.
   """
+  check_int('num_examples', num_examples, low=1)
   _check_num_clients(num_clients, num_examples)
   rng = np.random.default_rng(seed)
   parts = np.array_split(rng.permutation(num_examples), num_clients)
@@ -153,7 +158,7 @@ def dirichlet_partition(labels: np.ndarray, num_clients: int, *, alpha: float,
   _check_positive(alpha, 'alpha')
   if num_classes is None:
     num_classes = int(labels.max()) + 1
-  elif labels.max() >= num_classes:
+  elif check_int('num_classes', num_classes, low=1) <= labels.max():
     raise ValueError(f'labels must be < num_classes={num_classes}, got '
                      f'{labels.max()}.')
   rng = np.random.default_rng(seed)
@@ -195,7 +200,7 @@ def shard_partition(labels: np.ndarray, num_clients: int, *,
   Args:
     labels: int [N] class ids >= 0.
     num_clients: K.
-    classes_per_client: shards per client, >= 1.
+    classes_per_client: shards per client, in [1, classes present].
     seed: fixes the shuffle within classes and the deal.
 
   Returns:
@@ -206,13 +211,13 @@ def shard_partition(labels: np.ndarray, num_clients: int, *,
       would have no shard) or above N (some shard would be empty).
   """
   labels = _as_labels(labels)
-  if classes_per_client < 1:
-    raise ValueError(f'classes_per_client must be >= 1, got '
-                     f'{classes_per_client}.')
   _check_num_clients(num_clients, len(labels))
-  num_shards = num_clients * classes_per_client
   class_sizes = np.bincount(labels)
   num_present = int((class_sizes > 0).sum())
+  # More shards per client than classes would only cut classes finer.
+  check_int('classes_per_client', classes_per_client, low=1,
+            high=num_present)
+  num_shards = num_clients * classes_per_client
   if not num_present <= num_shards <= len(labels):
     raise ValueError(
         f'num_clients * classes_per_client = {num_shards} shards must be in '
@@ -247,6 +252,7 @@ def quantity_skew_partition(num_examples: int, num_clients: int, *,
   Returns:
     K sorted int64 index arrays covering ``range(N)`` exactly once.
   """
+  check_int('num_examples', num_examples, low=1)
   _check_num_clients(num_clients, num_examples)
   _check_positive(alpha, 'alpha')
   rng = np.random.default_rng(seed)
@@ -291,6 +297,16 @@ def partition(method: str, examples: Mapping[str, np.ndarray],
   Returns:
     K sorted int64 index arrays covering every example exactly once.
   """
+  if method not in PARTITIONS:
+    raise ValueError(f'Unknown partition method {method!r}; choose one of '
+                     f'{", ".join(PARTITIONS)}.')
+  if 'y' not in examples:
+    raise ValueError("examples must have a 'y' column (labels); have "
+                     f'{sorted(examples)}.')
+  if method == 'dirichlet':
+    _check_positive(dirichlet_alpha, 'dirichlet_alpha')
+  elif method == 'quantity_skew':
+    _check_positive(quantity_alpha, 'quantity_alpha')
   num_examples = len(examples['y'])
   if method == 'iid':
     return iid_partition(num_examples, num_clients, seed=seed)
@@ -334,7 +350,8 @@ def split_clients(
     (train, held_out): per-client sorted int64 arrays; client k's two arrays
     are disjoint and together equal ``client_indices[k]``.
   """
-  if not 0 <= test_fraction < 1:
+  if not (isinstance(test_fraction, numbers.Real) and
+          0 <= test_fraction < 1):
     raise ValueError(f'test_fraction must be in [0, 1), got {test_fraction}.')
   rng = np.random.default_rng(seed)
   train, held_out = [], []

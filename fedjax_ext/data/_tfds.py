@@ -32,6 +32,8 @@ References:
   (CIFAR-10/100).
 """
 
+import hashlib
+import json
 import os
 import tempfile
 from typing import Any, Sequence
@@ -57,6 +59,11 @@ READ_CHUNK = 16384
 _PIXEL_MAX = 255.
 # Decoded NumPy columns, inside a prepared dataset's directory.
 CACHE_DIR = 'fedjax_ext_numpy'
+# `<split>.manifest.json`: the source's identity and each column's SHA-256.
+MANIFEST_SUFFIX = 'manifest.json'
+_MANIFEST_FORMAT = 1
+# Bytes hashed per `update` call (bounds the temporary views).
+_HASH_CHUNK = 1 << 24
 
 
 class DatasetNotFoundError(_validate.DataError):
@@ -152,29 +159,153 @@ def _cache_files(builder: tfds.core.DatasetBuilder, split: str,
   return {key: os.path.join(cache_dir, f'{split}.{key}.npy') for key in keys}
 
 
-def _load_cache(files: dict[str, str],
-                num_rows: int) -> dict[str, np.ndarray] | None:
-  """The cached columns if all exist and have `num_rows` rows."""
+def _manifest_path(files: dict[str, str], split: str) -> str:
+  """``<cache dir>/<split>.manifest.json``, next to the columns."""
+  cache_dir = os.path.dirname(next(iter(files.values())))
+  return os.path.join(cache_dir, f'{split}.{MANIFEST_SUFFIX}')
+
+
+def source_identity(builder: tfds.core.DatasetBuilder, split: str,
+                    num_rows: int) -> dict[str, Any]:
+  """What the cache of `split` was decoded from.
+
+  The TFDS name, config and version, the split's example count and its
+  array_record file names (with their shard lengths): a re-prepared split
+  with other files, or another version, invalidates the cache.
+  """
+  identity = {'dataset': builder.info.full_name,
+              'version': str(builder.info.version),
+              'split': split,
+              'num_examples': int(num_rows)}
   try:
-    columns = {key: np.load(path, allow_pickle=False)
-               for key, path in files.items()}
-  except (OSError, ValueError):
-    return None
-  if any(len(column) != num_rows for column in columns.values()):
+    split_info = builder.info.splits[split]
+    identity['files'] = sorted(os.path.basename(os.fspath(name))
+                               for name in split_info.filenames)
+    identity['shard_lengths'] = [int(n) for n in split_info.shard_lengths]
+  except (KeyError, ValueError, TypeError, AttributeError):
+    identity['files'] = None  # No file list recorded: the rest still keys.
+  return identity
+
+
+def column_digest(column: np.ndarray) -> str:
+  """SHA-256 of a column's dtype, shape and bytes (C order)."""
+  digest = hashlib.sha256()
+  digest.update(f'{column.dtype.str}|{column.shape}|'.encode())
+  view = np.ascontiguousarray(column).reshape(-1).view(np.uint8)
+  for start in range(0, view.size, _HASH_CHUNK):
+    digest.update(view[start:start + _HASH_CHUNK].data)
+  return digest.hexdigest()
+
+
+def _manifest(columns: dict[str, np.ndarray],
+              identity: dict[str, Any]) -> dict[str, Any]:
+  """The content record of a split's cached columns."""
+  return {'format': _MANIFEST_FORMAT,
+          'source': identity,
+          'columns': {key: {'dtype': column.dtype.str,
+                            'shape': list(column.shape),
+                            'sha256': column_digest(column)}
+                      for key, column in sorted(columns.items())}}
+
+
+def _load_cache(files: dict[str, str], manifest_path: str,
+                identity: dict[str, Any]) -> dict[str, np.ndarray] | None:
+  """The cached columns if their manifest matches the source and content.
+
+  Returns None, and logs one warning line, for a cache that exists but
+  cannot be trusted: no manifest or an unreadable one, a manifest for
+  another source (version, example count, files), a missing column, or a
+  column whose dtype, shape or SHA-256 differs from the manifest's (e.g.
+  labels altered in place with the same row count). Returns None silently
+  when nothing is cached yet.
+  """
+  if not (os.path.exists(manifest_path) or
+          any(os.path.exists(path) for path in files.values())):
+    return None  # First read: nothing cached.
+  columns, problem = _verified_columns(files, manifest_path, identity)
+  if problem:
+    logging.warning('Ignoring the decoded cache %s (%s); re-reading %s/%s '
+                    'from its array_record files.', manifest_path, problem,
+                    identity['dataset'], identity['split'])
     return None
   return columns
 
 
-def _save_cache(files: dict[str, str], columns: dict[str, np.ndarray]) -> None:
-  """Writes each column atomically; a read-only data dir is not an error."""
+def _verified_columns(files: dict[str, str], manifest_path: str,
+                      identity: dict[str, Any]
+                      ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+  """(The verified columns, None), or (None, what is wrong with them)."""
   try:
+    with open(manifest_path, encoding='utf-8') as f:
+      manifest = json.load(f)
+  except FileNotFoundError:
+    return None, 'no content manifest'
+  except (OSError, ValueError) as e:
+    return None, f'unreadable manifest: {e}'
+  if not isinstance(manifest, dict) or manifest.get(
+      'format') != _MANIFEST_FORMAT:
+    return None, 'manifest of another format'
+  if manifest.get('source') != identity:
+    return None, (f'decoded from {manifest.get("source")}, the split now '
+                  f'is {identity}')
+  expected = manifest.get('columns')
+  if not isinstance(expected, dict) or set(expected) != set(files):
+    return None, 'manifest lists other columns'
+  columns = {}
+  for key, path in sorted(files.items()):
+    try:
+      column = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      return None, f'column {key!r} unreadable: {e}'
+    record = expected[key]
+    if (not isinstance(record, dict) or
+        record.get('dtype') != column.dtype.str or
+        record.get('shape') != list(column.shape)):
+      return None, (f'column {key!r} is {column.dtype.str} '
+                    f'{list(column.shape)}, the manifest says {record}')
+    if record.get('sha256') != column_digest(column):
+      return None, f'column {key!r} does not match its SHA-256'
+    columns[key] = column
+  return columns, None
+
+
+def _atomic_write(path: str, write, suffix: str) -> None:
+  """`write(file)` into a temporary file, then renamed onto `path`."""
+  with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=suffix,
+                                   delete=False) as f:
+    try:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    except BaseException:
+      os.unlink(f.name)
+      raise
+  os.chmod(f.name, 0o644)  # As readable as the dataset's own files.
+  os.replace(f.name, path)
+
+
+def _save_cache(files: dict[str, str], manifest_path: str,
+                columns: dict[str, np.ndarray],
+                identity: dict[str, Any]) -> None:
+  """Writes each column, then their manifest, atomically.
+
+  The old manifest is removed first, so a write cut short leaves columns
+  without a manifest (rebuilt on the next read), never a manifest vouching
+  for columns it did not hash. A read-only data dir is not an error.
+  """
+  path = manifest_path
+  try:
+    os.makedirs(os.path.dirname(manifest_path), exist_ok=True)
+    if os.path.exists(manifest_path):
+      os.remove(manifest_path)
     for key, path in files.items():
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with tempfile.NamedTemporaryFile(dir=os.path.dirname(path),
-                                       suffix='.npy', delete=False) as f:
-        np.save(f, columns[key], allow_pickle=False)
-      os.chmod(f.name, 0o644)  # As readable as the dataset's own files.
-      os.replace(f.name, path)
+      _atomic_write(path, lambda f, key=key: np.save(f, columns[key],
+                                                     allow_pickle=False),
+                    '.npy')
+    path = manifest_path
+    text = json.dumps(_manifest({k: columns[k] for k in files}, identity),
+                      indent=1, sort_keys=True).encode('utf-8')
+    _atomic_write(manifest_path, lambda f: f.write(text), '.json')
   except OSError as e:
     logging.warning('Not caching %s: %s', path, e)
 
@@ -186,10 +317,14 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str, source: Any,
   Decoding a TFDS example costs ~100-250 us of CPU (PNG images through
   PIL), i.e. ~15 s for MNIST's 70k images; the first read therefore saves
   the decoded columns as ``<dataset dir>/fedjax_ext_numpy/<split>.<key>.npy``
-  and later reads load them in a fraction of a second. The copy is keyed by
-  the TFDS name, config and version (it lives in that version's directory)
-  and is re-read from TFDS if its length disagrees with the split's; it is
-  safe to delete.
+  and later reads load them in a fraction of a second. The copy lives in
+  the TFDS version's directory and carries a content manifest,
+  ``<split>.manifest.json``: the source's identity (`source_identity`:
+  name, version, example count, array_record files) and each column's
+  dtype, shape and SHA-256 (`column_digest`). A cache whose manifest is
+  missing or disagrees with the source or with the columns' content is
+  never used: it is re-read from TFDS and rewritten, with one warning line.
+  The copy is safe to delete.
 
   Args:
     builder: the dataset's builder.
@@ -203,12 +338,14 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str, source: Any,
   """
   files = _cache_files(builder, split, keys)
   if files:
-    columns = _load_cache(files, len(source))
+    manifest_path = _manifest_path(files, split)
+    identity = source_identity(builder, split, len(source))
+    columns = _load_cache(files, manifest_path, identity)
     if columns is not None:
       return columns
   columns = read_columns(source, keys, where=where)
   if files:
-    _save_cache(files, columns)
+    _save_cache(files, manifest_path, columns, identity)
   return columns
 
 

@@ -176,8 +176,9 @@ class PreparedOnDiskTest(parameterized.TestCase):
     cache_dir = os.path.join(data_dir, name, str(builder_cls.VERSION),
                              _tfds.CACHE_DIR)
     self.assertEqual(sorted(os.listdir(cache_dir)),
-                     ['test.image.npy', 'test.label.npy', 'train.image.npy',
-                      'train.label.npy'])
+                     ['test.image.npy', 'test.label.npy',
+                      'test.manifest.json', 'train.image.npy',
+                      'train.label.npy', 'train.manifest.json'])
     with mock.patch.object(_tfds, 'read_columns',
                            side_effect=AssertionError('decoded again')):
       _, cached_train, _, _ = _tfds.load_catalogue(name, data_dir=data_dir)
@@ -188,6 +189,123 @@ class PreparedOnDiskTest(parameterized.TestCase):
     _, reread, _, _ = _tfds.load_catalogue(name, data_dir=data_dir)
     np.testing.assert_array_equal(reread['y'], train['y'])
     self.assertLen(np.load(os.path.join(cache_dir, 'train.label.npy')), 3)
+    # One label altered in place, same shape and dtype: the content hash
+    # disagrees, so the cache is ignored (one warning) and rebuilt.
+    label_path = os.path.join(cache_dir, 'train.label.npy')
+    altered = np.load(label_path)
+    altered[0] = altered[0] + 1
+    np.save(label_path, altered)
+    with self.assertLogs(level='WARNING') as logs:
+      _, reread, _, _ = _tfds.load_catalogue(name, data_dir=data_dir)
+    np.testing.assert_array_equal(reread['y'], train['y'])
+    self.assertLen(logs.output, 1)
+    self.assertIn("column 'label' does not match its SHA-256",
+                  logs.output[0])
+    self.assertNotIn('\n', logs.output[0])
+    np.testing.assert_array_equal(np.load(label_path), train['y'])
+    with mock.patch.object(_tfds, 'read_columns',
+                           side_effect=AssertionError('decoded again')):
+      _, cached_train, _, _ = _tfds.load_catalogue(name, data_dir=data_dir)
+    np.testing.assert_array_equal(cached_train['y'], train['y'])
+
+
+class CacheTest(parameterized.TestCase):
+  """The decoded cache's content manifest, without a TFDS builder."""
+
+  IDENTITY = {'dataset': 'toy/1.0.0', 'version': '1.0.0', 'split': 'train',
+              'num_examples': 4, 'files': ['toy-train.array_record-00000'],
+              'shard_lengths': [4]}
+
+  def setUp(self):
+    super().setUp()
+    cache_dir = make_tempdir(self)
+    self.files = {key: os.path.join(cache_dir, f'train.{key}.npy')
+                  for key in ('image', 'label')}
+    self.manifest = os.path.join(cache_dir, 'train.manifest.json')
+    self.columns = {'image': np.arange(24, dtype=np.uint8).reshape(4, 2, 3),
+                    'label': np.array([0, 1, 2, 3])}
+    _tfds._save_cache(self.files, self.manifest, self.columns,
+                      self.IDENTITY)
+
+  def load(self, identity=None):
+    return _tfds._load_cache(self.files, self.manifest,
+                             identity or self.IDENTITY)
+
+  def test_round_trip_is_silent(self):
+    with mock.patch.object(_tfds.logging, 'warning') as warning:
+      columns = self.load()
+    warning.assert_not_called()
+    for key, column in self.columns.items():
+      np.testing.assert_array_equal(columns[key], column)
+      self.assertEqual(columns[key].dtype, column.dtype)
+
+  def test_nothing_cached_is_silent(self):
+    for path in list(self.files.values()) + [self.manifest]:
+      os.remove(path)
+    with mock.patch.object(_tfds.logging, 'warning') as warning:
+      self.assertIsNone(self.load())
+    warning.assert_not_called()
+
+  @parameterized.named_parameters(
+      ('label_altered_same_shape',
+       lambda t: np.save(t.files['label'], np.array([0, 1, 2, 9])),
+       "column 'label' does not match its SHA-256"),
+      ('dtype_changed',
+       lambda t: np.save(t.files['label'], np.array([0, 1, 2, 3], np.int8)),
+       "column 'label' is |i1"),
+      ('column_truncated',
+       lambda t: open(t.files['image'], 'r+b').truncate(100),
+       "column 'image' unreadable"),
+      ('column_missing', lambda t: os.remove(t.files['image']),
+       "column 'image' unreadable"),
+      ('manifest_missing', lambda t: os.remove(t.manifest),
+       'no content manifest'),
+      ('manifest_garbage',
+       lambda t: open(t.manifest, 'w').write('{not json'),
+       'unreadable manifest'),
+  )
+  def test_untrusted_cache_is_ignored_with_one_warning(self, damage,
+                                                       expected):
+    damage(self)
+    with self.assertLogs(level='WARNING') as logs:
+      self.assertIsNone(self.load())
+    self.assertLen(logs.output, 1)
+    self.assertIn(expected, logs.output[0])
+    self.assertIn('re-reading toy/1.0.0/train', logs.output[0])
+
+  @parameterized.named_parameters(
+      ('other_version', {'version': '2.0.0'}),
+      ('other_example_count', {'num_examples': 5}),
+      ('other_files', {'files': ['toy-train.array_record-00001']}),
+  )
+  def test_cache_of_another_source_is_ignored(self, change):
+    with self.assertLogs(level='WARNING') as logs:
+      self.assertIsNone(self.load({**self.IDENTITY, **change}))
+    self.assertIn('decoded from', logs.output[0])
+
+  def test_digest_covers_dtype_shape_and_bytes(self):
+    column = np.arange(6, dtype=np.int32)
+    digests = {_tfds.column_digest(c) for c in (
+        column, column.reshape(2, 3), column.astype(np.uint32),
+        column + np.eye(1, 6, dtype=np.int32)[0])}
+    self.assertLen(digests, 4)
+    self.assertEqual(_tfds.column_digest(column),
+                     _tfds.column_digest(column.copy()))
+    # Non-contiguous views hash as their contiguous copy.
+    wide = np.arange(12, dtype=np.int32).reshape(6, 2)
+    self.assertEqual(_tfds.column_digest(wide[:, 0]),
+                     _tfds.column_digest(np.ascontiguousarray(wide[:, 0])))
+
+  def test_interrupted_rewrite_leaves_no_vouching_manifest(self):
+    with mock.patch.object(np, 'save', side_effect=OSError('disk full')):
+      _tfds._save_cache(self.files, self.manifest,
+                        {k: c + 1 for k, c in self.columns.items()},
+                        self.IDENTITY)
+    self.assertFalse(os.path.exists(self.manifest))
+    with self.assertLogs(level='WARNING'):
+      self.assertIsNone(self.load())
+    self.assertEqual(sorted(os.listdir(os.path.dirname(self.manifest))),
+                     ['train.image.npy', 'train.label.npy'])
 
 
 class ReadTest(parameterized.TestCase):

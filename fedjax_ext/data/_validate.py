@@ -10,6 +10,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from fedjax_ext._src.checks import check_int
+from fedjax_ext._src.checks import check_number
+
 FEATURES = 'x'
 LABELS = 'y'
 
@@ -85,6 +88,7 @@ def validate_examples(examples: Mapping[str, np.ndarray], *, num_classes: int,
   Raises:
     DataError: naming the column, the problem and an offending index/value.
   """
+  check_int('num_classes', num_classes, low=1)
   _check_columns(examples, where)
   _check_features(examples[FEATURES], where)
   _check_labels(examples[LABELS], num_classes, where)
@@ -103,6 +107,7 @@ def validate_partition(client_indices: Sequence[np.ndarray],
       non-integer or out-of-range indices, or a row held twice (within a
       client or by two clients).
   """
+  check_int('num_examples', num_examples, low=1)
   if not len(client_indices):
     raise DataError('partition: there are no clients.')
   for client, indices in enumerate(client_indices):

@@ -75,6 +75,7 @@ import optax
 from fedjax_ext import aggregators
 from fedjax_ext import clients
 from fedjax_ext import core
+from fedjax_ext._src.checks import check_int
 from fedjax_ext.core import Params, PRNGKey, PyTree
 from fedjax_ext.zo import _states
 from fedjax_ext.zo._sparse import SamplerState
@@ -344,6 +345,7 @@ def zo_local(loss_fn: clients.LossFn,
     ClientOutput``.
   """
   _check_upload(upload)
+  clients.check_update_args(loss_fn, optimizer)
 
   def client_update(message, client_state, batches, key, info=None):
     del info
@@ -446,11 +448,14 @@ def upload_bytes(upload: PyTree) -> int:
 
 def seed_upload_bytes(num_steps: int, num_directions: int = 1) -> int:
   """Bytes of a `SeedUpload`: 8 + S (4 q + 1)."""
+  check_int('num_steps', num_steps, low=0)
+  check_int('num_directions', num_directions, low=1)
   return 8 + num_steps * (4 * num_directions + 1)
 
 
 def sampler_bytes(num_blocks: int) -> int:
   """Bytes of a float32 `SamplerState` of n blocks: 4 n + 12."""
+  check_int('num_blocks', num_blocks, low=1)
   return 4 * num_blocks + 12
 
 

@@ -64,6 +64,7 @@ def mezo(*, epsilon: float = 1e-3, num_directions: int = 1,
   """
   _two_point.check_common(distribution=distribution,
                           num_directions=num_directions, epsilon=epsilon)
+  _two_point.check_key(key)
 
   def init_fn(params: Params) -> MeZOState:
     del params

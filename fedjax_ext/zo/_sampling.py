@@ -18,8 +18,32 @@ References:
   fine-tuning <https://arxiv.org/abs/2603.21725>`_, ICML 2026.
 """
 
+import numbers
+
 import jax
 import jax.numpy as jnp
+
+from fedjax_ext._src.checks import check_number
+
+
+def check_budget_args(min_fraction, max_fraction, momentum, support_weight,
+                      sharpness_weight, *,
+                      names=('min_fraction', 'max_fraction', 'momentum',
+                             'support_weight', 'sharpness_weight')) -> None:
+  """Named errors for `adapt_budget`'s constants (`names`: their names)."""
+  check_number(names[0], min_fraction, low=0, high=1, low_open=True)
+  check_number(names[1], max_fraction, low=min_fraction, high=1)
+  check_number(names[2], momentum, low=0, high=1, high_open=True)
+  check_number(names[3], support_weight, low=0)
+  check_number(names[4], sharpness_weight, low=0)
+
+
+def _check_vector(name: str, x) -> None:
+  """A ValueError naming `name` unless `x` is 1-D and non-empty."""
+  shape = jnp.shape(x)
+  if len(shape) != 1 or not shape[0]:
+    raise ValueError(f'{name} must be a non-empty 1-D array [n], got shape '
+                     f'{shape}.')
 
 
 def poisson_pps_probs(weights: jax.Array, budget: jax.typing.ArrayLike
@@ -45,6 +69,9 @@ def poisson_pps_probs(weights: jax.Array, budget: jax.typing.ArrayLike
     >>> poisson_pps_probs(jnp.array([8., 1., 1.]), 2.).tolist()
     [1.0, 0.5, 0.5]
   """
+  _check_vector('weights', weights)
+  if isinstance(budget, numbers.Real):  # Traced budgets are not checked.
+    check_number('budget', budget, low=0, low_open=True)
   w = jnp.asarray(weights, jnp.float32)
   n = w.shape[0]
   k = jnp.asarray(budget, jnp.float32)
@@ -72,6 +99,7 @@ def effective_support(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
   Returns:
     ``(d_eff, normalised_entropy)``, float32 scalars.
   """
+  _check_vector('scores', scores)
   s = jnp.asarray(scores, jnp.float32)
   n = s.shape[0]
   v = s / jnp.mean(s)
@@ -111,6 +139,9 @@ def adapt_budget(scores: jax.Array, fraction: jax.typing.ArrayLike, *,
   Returns:
     The new fraction, float32, within [min_fraction, max_fraction].
   """
+  _check_vector('scores', scores)
+  check_budget_args(min_fraction, max_fraction, momentum, support_weight,
+                    sharpness_weight)
   n = scores.shape[0]
   d_eff, entropy = effective_support(scores)
   raw = min_fraction + (max_fraction - min_fraction) * (

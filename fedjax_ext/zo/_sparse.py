@@ -61,6 +61,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_ext._src.checks import check_int
+from fedjax_ext._src.checks import check_number
 from fedjax_ext.core import Params, PRNGKey
 from fedjax_ext.zo import _sampling
 from fedjax_ext.zo import _two_point
@@ -154,18 +156,23 @@ def sparse_zo(*, budget: float = 0.4, sampling: str = 'uniform',
                           num_directions=num_directions, epsilon=epsilon)
   _two_point.check_choice(sampling, SAMPLINGS, 'sampling')
   _two_point.check_choice(score_rule, SCORE_RULES, 'score_rule')
-  if not 0 < min_budget <= max_budget <= 1:
-    raise ValueError('Need 0 < min_budget <= max_budget <= 1, got '
-                     f'{min_budget} and {max_budget}.')
-  if not 0 < budget <= 1:
-    raise ValueError(f'budget must be in (0, 1], got {budget}.')
+  _two_point.check_key(key)
+  check_number('budget', budget, low=0, high=1, low_open=True)
+  _sampling.check_budget_args(
+      min_budget, max_budget, budget_momentum, support_weight,
+      sharpness_weight, names=('min_budget', 'max_budget', 'budget_momentum',
+                               'support_weight', 'sharpness_weight'))
+  for name, value in (('score_decay', score_decay),
+                      ('scale_decay', scale_decay)):
+    check_number(name, value, low=0, high=1, low_open=True)
+  for name, value in (('score_init', score_init),
+                      ('scale_init', scale_init)):
+    check_number(name, value, low=0, low_open=True)
   if adaptive_budget and not min_budget <= budget <= max_budget:
     raise ValueError(f'budget {budget} must lie in [min_budget, max_budget]'
                      f' = [{min_budget}, {max_budget}] when adaptive.')
-  if not 0 <= uniform_mix <= 1:
-    raise ValueError(f'uniform_mix must be in [0, 1], got {uniform_mix}.')
-  if adapt_every < 1:
-    raise ValueError(f'adapt_every must be >= 1, got {adapt_every}.')
+  check_number('uniform_mix', uniform_mix, low=0, high=1)
+  check_int('adapt_every', adapt_every, low=1)
   power = 1. if score_rule == 'port' else 0.5
 
   def init_fn(params: Params) -> SparseZOState:

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_ext._src.checks import check_int
+from fedjax_ext._src.checks import check_number
 from fedjax_ext.core import Params, PRNGKey, PyTree
 
 DISTRIBUTIONS = ('gaussian', 'rademacher')
@@ -59,10 +61,18 @@ def check_common(*, distribution: str, num_directions: int,
                  epsilon: float) -> None:
   """Validates the arguments every estimator shares."""
   check_choice(distribution, DISTRIBUTIONS, 'distribution')
-  if num_directions < 1:
-    raise ValueError(f'num_directions must be >= 1, got {num_directions}.')
-  if not epsilon > 0:
-    raise ValueError(f'epsilon must be > 0, got {epsilon}.')
+  check_int('num_directions', num_directions, low=1)
+  check_number('epsilon', epsilon, low=0, low_open=True)
+
+
+def check_key(key) -> None:
+  """Raises a TypeError unless `key` is an int seed or a PRNG key."""
+  if isinstance(key, bool) or not (
+      isinstance(key, int) or (isinstance(key, jax.Array) and (
+          jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or
+          key.dtype == jnp.uint32))):
+    raise TypeError(f'key must be an int seed or a jax PRNG key, got '
+                    f'{key!r}.')
 
 
 def as_key(key: int | PRNGKey) -> PRNGKey:
