@@ -141,3 +141,36 @@ def test_config_file_and_flags_reach_the_same_config(tmp_path, data_dir,
              for d in ('a', 'b', 'c')]
   assert metrics[0] == metrics[1] == metrics[2]
   assert os.path.exists(tmp_path / 'a' / 'tensorboard')
+
+
+@pytest.mark.parametrize('algorithm', ['fedadam', 'fedyogi', 'fedadagrad'])
+def test_per_algorithm_defaults_learn_digits(tmp_path, data_dir, algorithm):
+  # With --server_lr unset, each adaptive method takes its rate from the
+  # EMNIST row of Reddi et al.'s grid; a server rate of 1.0 (the old
+  # default for all) left FedAdam at chance.
+  config = training.ExperimentConfig(
+      algorithm=algorithm, rounds=30, eval_every=30, checkpoint_every=30,
+      data_dir=data_dir, workdir=str(tmp_path / 'run'))
+  warnings = []
+  result = training.run_experiment(config, log=warnings.append)
+  assert result.metrics[-1]['test_accuracy'] > 0.8, result.metrics[-1]
+  saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  assert saved['server_lr'] == (
+      training_defaults()[algorithm])
+  assert not any(line.startswith('warning:') for line in warnings)
+
+
+def training_defaults():
+  from fedjax_ext import algorithms  # pylint: disable=g-import-not-at-top
+  return algorithms.DEFAULT_SERVER_LEARNING_RATES
+
+
+def test_alarms_warn_on_growing_loss_and_chance_accuracy():
+  alarm = training.training_alarms(num_classes=10, patience=3)
+  growing = [{'round': r, 'train_loss': 1. + r, 'test_accuracy': 0.5}
+             for r in range(4)]
+  assert 'train_loss grew' in alarm(growing)
+  assert alarm(growing[:3]) is None
+  chance = [{'round': r, 'train_loss': 1., 'test_accuracy': 0.105}
+            for r in range(3)]
+  assert 'chance' in alarm(chance)

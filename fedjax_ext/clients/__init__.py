@@ -1,5 +1,8 @@
 """One client's local update: pure functions mapped by `core.map_clients`."""
 
+from fedjax_ext.clients._local import check_batches
+from fedjax_ext.clients._local import check_prox_mu
+from fedjax_ext.clients._local import check_update_args
 from fedjax_ext.clients._local import local_sgd
 from fedjax_ext.clients._local import LocalRun
 from fedjax_ext.clients._local import LocalStats

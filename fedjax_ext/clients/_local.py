@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import numbers
+
+from fedjax_ext._src.checks import check_number
 from fedjax_ext.clients._objectives import LossFn
 from fedjax_ext import core
 from fedjax_ext.core import (ClientOutput, Metrics, Params, PRNGKey, PyTree,
@@ -58,6 +61,51 @@ class LocalRun(NamedTuple):
   active: jax.Array  # bool [S]: the step saw real data (else skipped).
 
 
+def check_update_args(loss_fn, optimizer) -> None:
+  """TypeErrors naming `loss_fn` (not callable) or `optimizer` (not optax)."""
+  if not callable(loss_fn):
+    raise TypeError(f'loss_fn must be callable (params, batch, key) -> '
+                    f'(loss, metrics), got {loss_fn!r}.')
+  if not (callable(getattr(optimizer, 'init', None)) and
+          callable(getattr(optimizer, 'update', None))):
+    raise TypeError(f'optimizer must be an optax GradientTransformation '
+                    f'(with init and update), got {optimizer!r}.')
+
+
+def check_batches(batches, name: str = 'batches') -> tuple[int, int]:
+  """(S, B) of one client's batches, else a ValueError naming the column.
+
+  `batches` must be a dict with 'mask' [S, B] whose every column has
+  leading axes [S, B]: one client's batches. A cohort's batches
+  [C, S, B, ...] are mapped over clients by `core.map_clients` first.
+  Shapes are static, so this runs at trace time.
+  """
+  if not isinstance(batches, dict) or 'mask' not in batches:
+    keys = sorted(batches) if isinstance(batches, dict) else type(batches)
+    raise ValueError(f"{name} must have a 'mask' column [S, B] (1 for a real "
+                     f'example, 0 for padding), got {keys}.')
+  mask_shape = jnp.shape(batches['mask'])
+  if len(mask_shape) != 2:
+    raise ValueError(
+        f"{name}['mask'] must be [S, B] (one client's steps and batch), got "
+        f'shape {mask_shape}' + (
+            '; a cohort [C, S, B] is mapped over clients first '
+            '(core.map_clients)' if len(mask_shape) == 3 else '') + '.')
+  for key, column in batches.items():
+    for leaf in jax.tree.leaves(column):
+      shape = jnp.shape(leaf)
+      if tuple(shape[:2]) != tuple(mask_shape):
+        raise ValueError(f'{name}[{key!r}] must have leading axes [S, B] = '
+                         f"{list(mask_shape)} like {name}['mask'], got shape "
+                         f'{shape}.')
+  return mask_shape
+
+
+def check_prox_mu(prox_mu) -> float:
+  """`prox_mu` as a finite float >= 0, else a ValueError naming it."""
+  return check_number('prox_mu', prox_mu, low=0)
+
+
 def run_local_steps(params: Params, opt_state: optax.OptState,
                     batches: dict[str, jax.Array], key: PRNGKey,
                     step_fn: StepFn, *,
@@ -83,7 +131,9 @@ def run_local_steps(params: Params, opt_state: optax.OptState,
   Returns:
     A `LocalRun`.
   """
-  num_steps = batches['mask'].shape[0]
+  if not callable(step_fn):
+    raise TypeError(f'step_fn must be callable, got {step_fn!r}.')
+  num_steps, _ = check_batches(batches)
   if unroll == 'auto':
     unroll = core.local_steps_unroll(params)
 
@@ -143,6 +193,9 @@ def train_locally(params: Params, batches: dict[str, jax.Array],
   Returns:
     The local parameters after training and their `LocalStats`.
   """
+  check_update_args(loss_fn, optimizer)
+  if isinstance(prox_mu, numbers.Real):  # A traced mu is not checked.
+    check_prox_mu(prox_mu)
 
   def objective(p, batch, step_key):
     loss, metrics = loss_fn(p, batch, step_key)
@@ -194,8 +247,8 @@ def local_sgd(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     ``params - local_params`` and whose ``weight`` is the real examples it
     processed (the round's weighting stage sets the aggregation weight).
   """
-  if not (isinstance(prox_mu, (int, float)) and 0 <= prox_mu < float('inf')):
-    raise ValueError(f'prox_mu must be a finite number >= 0, got {prox_mu}.')
+  check_update_args(loss_fn, optimizer)
+  check_prox_mu(prox_mu)
 
   def client_update(params, client_state, batches, key, info=None):
     del info

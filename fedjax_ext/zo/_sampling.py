@@ -140,8 +140,10 @@ def adapt_budget(scores: jax.Array, fraction: jax.typing.ArrayLike, *,
     The new fraction, float32, within [min_fraction, max_fraction].
   """
   _check_vector('scores', scores)
-  check_budget_args(min_fraction, max_fraction, momentum, support_weight,
-                    sharpness_weight)
+  constants = (min_fraction, max_fraction, momentum, support_weight,
+               sharpness_weight)
+  if all(isinstance(c, numbers.Real) for c in constants):  # Not traced.
+    check_budget_args(*constants)
   n = scores.shape[0]
   d_eff, entropy = effective_support(scores)
   raw = min_fraction + (max_fraction - min_fraction) * (

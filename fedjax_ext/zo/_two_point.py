@@ -32,6 +32,7 @@ References:
   <https://arxiv.org/abs/2305.17333>`_, NeurIPS 2023 (MeZO).
 """
 
+import numbers
 from typing import Callable
 
 import jax
@@ -68,7 +69,7 @@ def check_common(*, distribution: str, num_directions: int,
 def check_key(key) -> None:
   """Raises a TypeError unless `key` is an int seed or a PRNG key."""
   if isinstance(key, bool) or not (
-      isinstance(key, int) or (isinstance(key, jax.Array) and (
+      isinstance(key, numbers.Integral) or (isinstance(key, jax.Array) and (
           jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or
           key.dtype == jnp.uint32))):
     raise TypeError(f'key must be an int seed or a jax PRNG key, got '
@@ -77,8 +78,8 @@ def check_key(key) -> None:
 
 def as_key(key: int | PRNGKey) -> PRNGKey:
   """`key`, or a new key seeded with the int `key`."""
-  if isinstance(key, int):
-    return jax.random.key(key)
+  if isinstance(key, numbers.Integral):
+    return jax.random.key(int(key))
   return key
 
 

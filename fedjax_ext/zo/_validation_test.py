@@ -63,7 +63,7 @@ BAD_CALLS = (
      lambda: zo.sparse_zo(budget=0.9, adaptive_budget=True),
      'budget 0.9 must lie in [min_budget, max_budget]'),
     ('sparse_uniform_mix', lambda: zo.sparse_zo(uniform_mix=1.5),
-     'uniform_mix must be in [0, 1]'),
+     'uniform_mix must be a finite number in [0, 1]'),
     ('sparse_adapt_every', lambda: zo.sparse_zo(adapt_every=0),
      'adapt_every must be >= 1'),
     ('sparse_score_decay_zero', lambda: zo.sparse_zo(score_decay=0.),
