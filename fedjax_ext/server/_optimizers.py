@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_ext._src.checks import check_number
+
 ADAPTIVE_VARIANTS = ('adagrad', 'adam', 'yogi')
 SERVER_OPTIMIZERS = ('fedavg', 'fedavgm', 'fedadagrad', 'fedadam', 'fedyogi')
 
@@ -33,6 +35,13 @@ class ScaleByFedOptState(NamedTuple):
   """State of `scale_by_fedopt`."""
   mu: optax.Updates  # First moment m_t, shaped like the params.
   nu: optax.Updates  # Second moment v_t, shaped like the params.
+
+
+def check_betas_and_tau(*, b1: float, b2: float, tau: float) -> None:
+  """Named errors unless b1, b2 are in [0, 1) and tau is finite > 0."""
+  check_number('b1', b1, low=0, high=1, high_open=True)
+  check_number('b2', b2, low=0, high=1, high_open=True)
+  check_number('tau', tau, low=0, low_open=True)
 
 
 def scale_by_fedopt(variant: str, *, b1: float = 0.9, b2: float = 0.99,
@@ -51,6 +60,7 @@ def scale_by_fedopt(variant: str, *, b1: float = 0.9, b2: float = 0.99,
   if variant not in ADAPTIVE_VARIANTS:
     raise ValueError(f'Unknown variant {variant!r}; valid choices: '
                      f'{", ".join(ADAPTIVE_VARIANTS)}.')
+  check_betas_and_tau(b1=b1, b2=b2, tau=tau)
 
   def init_fn(params):
     return ScaleByFedOptState(
@@ -91,6 +101,12 @@ def server_optimizer(name: str, learning_rate: float, *,
   Returns:
     An optax transform applied to the pseudo-gradient.
   """
+  if name not in SERVER_OPTIMIZERS:
+    raise ValueError(f'Unknown server optimizer {name!r}; valid choices: '
+                     f'{", ".join(SERVER_OPTIMIZERS)}.')
+  check_number('learning_rate', learning_rate, low=0, low_open=True)
+  if name == 'fedavgm':
+    check_number('momentum', momentum, low=0, high=1, high_open=True)
   if name == 'fedavg':
     return optax.sgd(learning_rate)
   if name == 'fedavgm':
