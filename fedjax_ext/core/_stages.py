@@ -97,21 +97,19 @@ def check_cohort(cohort: Cohort) -> None:
   ids = jnp.shape(cohort.client_ids)
   if len(ids) != 1:
     raise ValueError(f'Cohort.client_ids must be [C], got shape {ids}.')
-  num = ids[0]
-  mask = cohort.batches.get('mask') if hasattr(cohort.batches, 'get') \
-      else None
-  if mask is None or jnp.ndim(mask) != 3 or jnp.shape(mask)[0] != num:
-    raise ValueError(f"Cohort.batches['mask'] must be [C={num}, S, B], got "
-                     f'{None if mask is None else jnp.shape(mask)}.')
-  for name, column in cohort.client_info().items():
-    if jnp.shape(column) != (num,):
-      raise ValueError(f"Cohort.{'info' if name != 'num_examples' else ''}"
-                       f"{'[' + repr(name) + ']' if name != 'num_examples' else 'num_examples'}"
-                       f' must be [C={num}], got {jnp.shape(column)}.')
+  mask = cohort.batches.get('mask')
+  if mask is None or jnp.ndim(mask) != 3 or jnp.shape(mask)[0] != ids[0]:
+    raise ValueError(f"Cohort.batches['mask'] must be [C={ids[0]}, S, B], "
+                     f'got {None if mask is None else jnp.shape(mask)}.')
   for name, column in cohort.batches.items():
     if jnp.shape(column)[:3] != jnp.shape(mask):
-      raise ValueError(f'Cohort.batches[{name!r}] must start with '
-                       f'[C, S, B] = {jnp.shape(mask)}, got '
+      raise ValueError(f'Cohort.batches[{name!r}] must start with [C, S, B] '
+                       f'= {jnp.shape(mask)}, got {jnp.shape(column)}.')
+  columns = {'Cohort.num_examples': cohort.num_examples}
+  columns.update({f'Cohort.info[{k!r}]': v for k, v in cohort.info.items()})
+  for name, column in columns.items():
+    if jnp.shape(column) != ids:
+      raise ValueError(f'{name} must be [C={ids[0]}], got '
                        f'{jnp.shape(column)}.')
 
 

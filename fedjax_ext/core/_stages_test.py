@@ -6,6 +6,8 @@ activations and gradients inside one compiled step, and (b) a gossip round
 with one model per node in the client store and no server model.
 """
 
+import re
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -101,6 +103,32 @@ class ExtraArgsTest(absltest.TestCase):
     np.testing.assert_array_equal(
         jax.random.key_data(seen['key']),
         jax.random.key_data(core.stage_key(KEY, 0, 1)))
+
+
+class CheckTest(absltest.TestCase):
+
+  def test_bad_cohorts_and_mapped_arguments_name_the_field(self):
+    good = _testing.random_cohort(3, 2, 4)
+    update = clients.local_sgd(_testing.linear_loss, optax.sgd(0.1))
+    algorithm = core.federated_algorithm(update, aggregators.weighted_mean(),
+                                         optax.sgd(1.0))
+    state = algorithm.init(_testing.linear_params())
+    bad = {
+        'num_examples': good._replace(num_examples=np.ones(2)),
+        "info['rank']": good._replace(info={'rank': np.ones(4)}),
+        "batches['mask']": good._replace(
+            batches={**good.batches, 'mask': np.ones((3, 2))}),
+        "batches['x']": good._replace(
+            batches={**good.batches, 'x': np.ones((3, 1, 4, 3))}),
+    }
+    for field, cohort in bad.items():
+      with self.assertRaisesRegex(ValueError, re.escape(field)):
+        algorithm.apply(state, (), cohort, KEY)
+    with self.assertRaisesRegex(ValueError, 'disagree on the number of '
+                                r'clients: 3 \(argument 0\), 2'):
+      core.map_clients(lambda a, b: a + b, jnp.ones(3), jnp.ones(2))
+    with self.assertRaisesRegex(ValueError, 'weights must have shape'):
+      core.tree_weighted_mean({'a': jnp.ones((3, 2))}, jnp.ones(2))
 
 
 # (a) Split learning on the stages: a client-side bottom layer and a

@@ -58,8 +58,12 @@ a theorem only for plain-SGD clients (FedAvg, FedAdam, ...), not for
 FedProx's or SCAFFOLD's corrected local steps.
 """
 
+import numbers
+
 import jax
 import jax.numpy as jnp
+
+from fedjax_ext._src.checks import check_number
 
 from fedjax_ext.core import Metrics, PyTree
 
@@ -72,10 +76,31 @@ NOISE_CONSTANT = 5.
 DISSIMILARITY_CONSTANT = 30.
 
 
+def _num_clients(name: str, stacked: PyTree) -> int:
+  """C, the common leading axis of `stacked`'s leaves, else a ValueError."""
+  shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(stacked)]
+  if not shapes or any(not s for s in shapes) or len(
+      {s[0] for s in shapes}) != 1:
+    raise ValueError(f'{name} must be a non-empty pytree whose leaves share a '
+                     f'leading client axis [C, ...], got leaf shapes '
+                     f'{shapes}.')
+  return shapes[0][0]
+
+
+def _check_client_vector(name: str, values, num_clients: int | None) -> None:
+  """A ValueError naming `name` unless it is [C] (C = `num_clients`)."""
+  shape = jnp.shape(values)
+  if len(shape) != 1 or (num_clients is not None and
+                         shape[0] != num_clients):
+    expected = f'[{num_clients}]' if num_clients is not None else '[C]'
+    raise ValueError(f'{name} must be one value per client, shape '
+                     f'{expected}, got shape {shape}.')
+
+
 def flatten_clients(stacked: PyTree) -> jax.Array:
   """Stacked pytree [C, ...] -> one float32 matrix [C, P]."""
+  num_clients = _num_clients('stacked', stacked)
   leaves = jax.tree.leaves(stacked)
-  num_clients = leaves[0].shape[0]
   return jnp.concatenate(
       [leaf.reshape(num_clients, -1).astype(jnp.float32) for leaf in leaves],
       axis=1)
@@ -83,6 +108,7 @@ def flatten_clients(stacked: PyTree) -> jax.Array:
 
 def normalized_weights(weights: jax.Array) -> jax.Array:
   """:math:`p_i = w_i / \\sum_j w_j`; all zeros when every weight is 0."""
+  _check_client_vector('weights', weights, None)
   weights = jnp.asarray(weights, jnp.float32)
   total = jnp.sum(weights)
   return weights / jnp.where(total > 0, total, 1.)
@@ -107,6 +133,8 @@ def update_metrics(updates: PyTree, weights: jax.Array, *,
     'relative_update_variance', 'update_cosine_mean', 'update_cosine_min' and
     'mean_update_sq_norm' (:math:`\|\bar\Delta\|^2`).
   """
+  _check_client_vector('weights', weights, _num_clients('updates', updates))
+  check_number('eps', eps, low=0, low_open=True)
   deltas = flatten_clients(updates)
   p = normalized_weights(weights)
   active = p > 0
@@ -141,6 +169,7 @@ def gradient_dissimilarity(grads: PyTree, weights: jax.Array) -> Metrics:
     'zeta_sq', 'b_dissimilarity_sq' (inf when :math:`\nabla f(x) = 0` and
     some :math:`g_i \ne 0`, 1 when all vanish) and 'grad_sq_norm'.
   """
+  _check_client_vector('weights', weights, _num_clients('grads', grads))
   g = flatten_clients(grads)
   p = normalized_weights(weights)
   mean = p @ g
@@ -172,6 +201,13 @@ def drift_bound(learning_rate: jax.typing.ArrayLike, num_steps: jax.Array,
   Returns:
     The scalar bound on :math:`\sum_i p_i \|x_i^K - x\|^2`.
   """
+  if isinstance(learning_rate, numbers.Real):  # Traced rates unchecked.
+    check_number('learning_rate', learning_rate, low=0, low_open=True)
+  num_clients = jnp.shape(weights)[0] if jnp.ndim(weights) == 1 else None
+  for name, values in (('weights', weights), ('num_steps', num_steps),
+                       ('noise_var', noise_var),
+                       ('grad_sq_norms', grad_sq_norms)):
+    _check_client_vector(name, values, num_clients)
   p = normalized_weights(weights)
   eta_sq = jnp.square(jnp.asarray(learning_rate, jnp.float32))
   k = jnp.asarray(num_steps, jnp.float32)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from fedjax_ext import clients
 from fedjax_ext import core
+from fedjax_ext._src.checks import check_number
 from fedjax_ext.core import Metrics, Params, PRNGKey, PyTree
 from fedjax_ext.drift import _metrics
 
@@ -45,6 +46,15 @@ class GradientStats(NamedTuple):
   noise_var: jax.Array  # float32: sigma_i^2, variance of a batch gradient.
   num_steps: jax.Array  # float32: batches holding a real example (K_i).
   num_examples: jax.Array  # float32: real examples in the batches.
+
+
+def _check_fns(loss_fn, select) -> None:
+  if not callable(loss_fn):
+    raise TypeError(f'loss_fn must be callable (params, batch, key) -> '
+                    f'(loss, metrics), got {loss_fn!r}.')
+  if select is not None and not callable(select):
+    raise TypeError(f'select must be None or callable (params_like -> '
+                    f'subtree), got {select!r}.')
 
 
 def client_gradient_stats(loss_fn: clients.LossFn, *,
@@ -62,9 +72,11 @@ def client_gradient_stats(loss_fn: clients.LossFn, *,
   of each gradient before any statistic is taken.
   """
 
+  _check_fns(loss_fn, select)
+
   def stats_fn(params: Params, batches: dict[str, jax.Array],
                key: PRNGKey) -> GradientStats:
-    num_steps = batches['mask'].shape[0]
+    num_steps, _ = clients.check_batches(batches)
     grad_fn = jax.grad(lambda p, b, k: loss_fn(p, b, k)[0])
 
     def one_batch(inputs):
@@ -118,6 +130,9 @@ def drift_metrics(select: SelectFn | None = None) -> core.ExtraMetricsFn:
     ...     loss, optax.sgd(0.1), optax.sgd(1.0),
     ...     extra_metrics=drift.drift_metrics())
   """
+  if select is not None and not callable(select):
+    raise TypeError(f'select must be None or callable (params_like -> '
+                    f'subtree), got {select!r}.')
 
   def metrics_fn(outputs: core.ClientOutput, aggregate: PyTree,
                  state: core.ServerState) -> Metrics:
@@ -187,6 +202,10 @@ def instrument(algorithm: core.FederatedAlgorithm, loss_fn: clients.LossFn,
     The same algorithm (``init``, ``init_client_state``, ``model_params``)
     whose ``apply`` adds the metrics.
   """
+  if not callable(getattr(algorithm, 'apply', None)):
+    raise TypeError(f'algorithm must be a core.FederatedAlgorithm, got '
+                    f'{type(algorithm).__name__}.')
+  check_number('learning_rate', learning_rate, low=0, low_open=True)
   core.check_weighting(weighting)
   execution = core.as_execution(execution)
   stats_fn = client_gradient_stats(loss_fn, select=select)

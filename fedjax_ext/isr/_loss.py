@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_ext import clients
+from fedjax_ext._src.checks import check_int
+from fedjax_ext._src.checks import check_number
 from fedjax_ext.core import Params, PRNGKey
 
 NE_OVER = ('location', 'pooled')
@@ -61,9 +63,14 @@ class IsrPoint(NamedTuple):
 def isr_points(names: Sequence[str], *, mi_weight: float = 0.3,
                ne_weight: float = 0.05) -> tuple[IsrPoint, ...]:
   """The same weights at every named point."""
-  if mi_weight < 0 or ne_weight < 0:
-    raise ValueError(f'ISR weights must be >= 0, got mi_weight={mi_weight}, '
-                     f'ne_weight={ne_weight}.')
+  if isinstance(names, str) or not all(
+      isinstance(n, str) and n for n in names):
+    raise ValueError(f'names must be a sequence of submodule names (e.g. '
+                     f"['hidden_0']), got {names!r}.")
+  if len(set(names)) != len(names):
+    raise ValueError(f'names must not repeat a point, got {list(names)}.')
+  check_number('mi_weight', mi_weight, low=0)
+  check_number('ne_weight', ne_weight, low=0)
   return tuple(IsrPoint(n, mi_weight, ne_weight) for n in names)
 
 
@@ -140,6 +147,7 @@ def init_isr(model: nn.Module, key: PRNGKey, x: jax.Array,
   key gives the same backbone); each head is a LeCun-normal kernel
   [C_m, num_classes] drawn from ``fold_in(key, m + 1)`` and a zero bias.
   """
+  check_int('num_classes', num_classes, low=1)
   backbone_params = model.init(key, x)['params']
   _, features = capture_features(model, backbone_params, x,
                                  [p.name for p in points], train=False)

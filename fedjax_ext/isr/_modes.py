@@ -40,6 +40,7 @@ from fedjax_ext import algorithms
 from fedjax_ext import clients
 from fedjax_ext import core
 from fedjax_ext import data
+from fedjax_ext._src.checks import check_number
 from fedjax_ext.core import Examples, Metrics, PRNGKey, PyTree
 
 # `hybrid_cohort`'s default cloud seed is the run's seed plus this, so the
@@ -69,8 +70,7 @@ def centralized(loss_fn: clients.LossFn, learning_rate: float, *,
     normalized weight is 1 under any weighting; ``'examples_processed'``
     is used).
   """
-  if learning_rate <= 0:
-    raise ValueError(f'learning_rate must be > 0, got {learning_rate}.')
+  check_number('learning_rate', learning_rate, low=0, low_open=True)
   execution = core.as_execution(execution)
   if execution.strategy in ('auto', 'sharded'):
     execution = execution._replace(strategy='vmap')
@@ -87,6 +87,11 @@ def pooled_cohort(examples: Examples, client_indices: Sequence[np.ndarray],
   Batches are drawn as shuffled passes over the union of the members' rows
   (`data.pack_cohort` with one client).
   """
+  members = list(members)
+  if not members or not all(0 <= int(i) < len(client_indices)
+                            for i in members):
+    raise ValueError(f'members must be a non-empty list of clients in '
+                     f'[0, {len(client_indices)}), got {members}.')
   rows = np.concatenate([client_indices[i] for i in members])
   return data.pack_cohort(examples, [rows], np.zeros(1, np.int32),
                           batch_size=batch_size, num_steps=num_steps,
@@ -180,8 +185,8 @@ def hybrid(algorithm: core.FederatedAlgorithm, loss_fn: clients.LossFn, *,
     :math:`\Delta_F`), 'cloud_loss' and 'cloud_update_norm'
     (:math:`\|\Delta_C\|`).
   """
-  if not 0. <= cloud_weight <= 1.:
-    raise ValueError(f'cloud_weight must be in [0, 1], got {cloud_weight}.')
+  check_number('learning_rate', learning_rate, low=0, low_open=True)
+  check_number('cloud_weight', cloud_weight, low=0, high=1)
   execution = core.as_execution(execution)
   optimizer = optax.sgd(learning_rate)
 

@@ -4,9 +4,10 @@ Uses `matplotlib.figure.Figure` directly (no pyplot), so plotting needs no
 display, sets no global backend and leaks no figures.
 """
 
+import io
 import json
-import os
 
+from etils import epath
 from matplotlib import figure
 from matplotlib import ticker
 
@@ -38,8 +39,8 @@ def read_curves(metrics_path: str,
     For every key of `keys` present in at least one line, the rounds and
     values of the lines that have it, in file order.
   """
-  with open(metrics_path) as f:
-    lines = [line for line in f.read().splitlines() if line.strip()]
+  lines = [line for line in epath.Path(metrics_path).read_text().splitlines()
+           if line.strip()]
   curves = {}
   for i, line in enumerate(lines):
     try:
@@ -63,6 +64,31 @@ def _number(value) -> float | None:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     return None
   return float(value)
+
+
+def _finish_round_axes(ax, ylabel: str, *, legend_size=None) -> None:
+  """Round x axis, grid, legend (or 'no data') of one panel."""
+  ax.set_xlabel('round')
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_ylabel(ylabel)
+  ax.grid(True, alpha=0.3)
+  if ax.get_lines():
+    ax.legend(fontsize=legend_size)
+  else:
+    ax.text(0.5, 0.5, 'no data', ha='center', va='center',
+            transform=ax.transAxes)
+
+
+def _save(fig, png_path: str, title: str | None, *, dpi: int = 100) -> str:
+  """Writes `fig` to `png_path` (any `etils.epath` path, e.g. gs://)."""
+  if title:
+    fig.suptitle(title)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=dpi)
+  path = epath.Path(png_path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buffer.getvalue())
+  return png_path
 
 
 def plot_metrics(metrics_path: str, png_path: str, *,
@@ -95,22 +121,8 @@ def plot_metrics(metrics_path: str, png_path: str, *,
         rounds, values = curves[key]
         ax.plot(rounds, values, label=label, marker='.' if len(values) < 30
                 else None)
-    ax.set_xlabel('round')
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    if ax.get_lines():
-      ax.legend()
-    else:
-      ax.text(0.5, 0.5, 'no data', ha='center', va='center',
-              transform=ax.transAxes)
-  if title:
-    fig.suptitle(title)
-  directory = os.path.dirname(png_path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  fig.savefig(png_path, dpi=100)
-  return png_path
+    _finish_round_axes(ax, ylabel)
+  return _save(fig, png_path, title)
 
 
 def mean_curve(runs, key: str) -> tuple[list, list[float]]:
@@ -156,22 +168,8 @@ def plot_runs(panels, png_path: str, *, key: str,
         ax.plot(rounds, values, label=label,
                 marker='.' if len(values) < 30 else None)
     ax.set_title(name)
-    ax.set_xlabel('round')
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(key)
-    ax.grid(True, alpha=0.3)
-    if ax.get_lines():
-      ax.legend(fontsize=7)
-    else:
-      ax.text(0.5, 0.5, 'no data', ha='center', va='center',
-              transform=ax.transAxes)
-  if title:
-    fig.suptitle(title)
-  directory = os.path.dirname(png_path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  fig.savefig(png_path, dpi=100)
-  return png_path
+    _finish_round_axes(ax, key, legend_size=7)
+  return _save(fig, png_path, title)
 
 
 def plot_heatmaps(panels, png_path: str, *, vmin: float | None = None,
@@ -218,10 +216,4 @@ def plot_heatmaps(panels, png_path: str, *, vmin: float | None = None,
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
     ax.set_title(name, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.03)
-  if title:
-    fig.suptitle(title)
-  directory = os.path.dirname(png_path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  fig.savefig(png_path, dpi=110)
-  return png_path
+  return _save(fig, png_path, title, dpi=110)
