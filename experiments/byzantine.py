@@ -61,7 +61,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   kw = dict(flag_values=fv)
   flags.DEFINE_string('workdir', None, 'Output directory (required).', **kw)
   flags.DEFINE_string('data_dir', None, 'TFDS data dir.', **kw)
-  flags.DEFINE_integer('seed', 0, 'Seed of split, init, Byzantine ids.', **kw)
+  flags.DEFINE_integer('seed', 0, 'Seed of split, init, Byzantine ids.', 0,
+                       **kw)
   flags.DEFINE_list('datasets', list(DATASETS), 'Datasets.', **kw)
   flags.DEFINE_list('aggregators', list(DEFAULT_AGGREGATORS), 'Aggregators (of '
                     f'{", ".join(training.AGGREGATORS)}).', **kw)
@@ -210,6 +211,10 @@ def run(s, log=print) -> list[dict]:
       num_clients=None if name == 'leaf_synthetic' else s.num_clients,
       dirichlet_alpha=s.dirichlet_alpha, client_test_fraction=0.))
       for name in s.datasets}  # All loaded before the first run writes.
+  largest = min(max(map(len, fed.client_indices)) for fed in feds.values())
+  if s.batch_size > largest:  # Each batch is padded to --batch_size.
+    raise training.ConfigError(f'--batch_size must be in [1, {largest}] (the '
+                               f'largest client), got {s.batch_size}.')
   results, t0 = [], time.perf_counter()
   for name, fed in feds.items():
     b = int(math.floor(max(s.fractions) * fed.num_clients))

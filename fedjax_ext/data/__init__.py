@@ -7,7 +7,9 @@ federated EMNIST, Shakespeare, Stack Overflow) are prepared once with
 ``python -m fedjax_ext.data.prepare --dataset=NAME --data_dir=DIR``.
 """
 
+from fedjax_ext.data._bbc_news import tokenize_examples
 from fedjax_ext.data._datasets import DATASETS
+from fedjax_ext.data._datasets import TEXT_DATASETS
 from fedjax_ext.data._datasets import default_partition
 from fedjax_ext.data._datasets import NATURAL_CLIENTS
 from fedjax_ext.data._datasets import Dataset

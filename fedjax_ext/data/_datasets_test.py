@@ -105,7 +105,7 @@ class NamesTest(parameterized.TestCase):
 
   def test_datasets(self):
     self.assertEqual(_datasets.DATASETS,
-                     ('digits', 'leaf_synthetic', 'mnist', 'emnist',
+                     ('digits', 'leaf_synthetic', 'bbc_news', 'mnist', 'emnist',
                       'fashion_mnist', 'cifar10', 'cifar100',
                       'federated_emnist', 'shakespeare', 'stackoverflow'))
     self.assertEqual(_datasets.NATURAL_CLIENTS,

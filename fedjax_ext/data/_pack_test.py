@@ -91,7 +91,8 @@ class PackTest(parameterized.TestCase):
   def test_num_local_steps_errors(self):
     with self.assertRaisesRegex(ValueError, 'exactly one'):
       _pack.num_local_steps([3], 2)
-    with self.assertRaisesRegex(ValueError, 'local_epochs must be a finite number > 0'):
+    with self.assertRaisesRegex(ValueError,
+                                'local_epochs must be a finite number > 0'):
       _pack.num_local_steps([3], 2, local_epochs=0)
 
 

@@ -106,7 +106,8 @@ class IsrLossTest(parameterized.TestCase):
                            ['dense_9'], train=False)
     with self.assertRaisesRegex(ValueError, 'location, pooled'):
       isr.isr_loss(self.model, self.points, ne_over='pixel')
-    with self.assertRaisesRegex(ValueError, 'mi_weight=-1'):
+    with self.assertRaisesRegex(
+        ValueError, 'mi_weight must be a finite number >= 0, got -1'):
       isr.isr_points(['hidden_0'], mi_weight=-1.)
 
   @parameterized.parameters('scaffold', 'fedadam')

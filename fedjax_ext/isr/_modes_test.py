@@ -66,7 +66,8 @@ class ModesTest(absltest.TestCase):
                                                cohort, KEY)
       test_utils.assert_trees_all_close(other_state.params, state.params,
                                         atol=1e-6)
-    with self.assertRaisesRegex(ValueError, 'learning_rate must be > 0'):
+    with self.assertRaisesRegex(ValueError,
+                                'learning_rate must be a finite number > 0'):
       isr.centralized(_testing.linear_loss, 0.)
 
   def test_hybrid_mixes_cloud_and_federated_updates(self):
@@ -97,7 +98,8 @@ class ModesTest(absltest.TestCase):
       self.assertIn(name, metrics)
     self.assertAlmostEqual(float(metrics['cloud_update_norm']),
                            float(optax.tree.norm(dc)), places=5)
-    with self.assertRaisesRegex(ValueError, r'cloud_weight must be in \[0'):
+    with self.assertRaisesRegex(ValueError,
+                                r'cloud_weight must be a finite number in \[0'):
       isr.hybrid(fl, _testing.linear_loss, learning_rate=LR, cloud_weight=2.)
 
   def test_cloud_draws_the_rounds_stage_key(self):

@@ -208,8 +208,8 @@ def validate(config: ExperimentConfig, *, datasets: tuple[str, ...],
   _require(_finite(c.client_test_fraction)
            and 0 <= c.client_test_fraction < 1, 'client_test_fraction',
            'in [0, 1)', c.client_test_fraction)
-  _require(all(isinstance(h, int) and 1 <= h <= MAX_HIDDEN
-               for h in c.hidden_sizes),
+  _require(bool(c.hidden_sizes) and all(
+      isinstance(h, int) and 1 <= h <= MAX_HIDDEN for h in c.hidden_sizes),
            'hidden_sizes', f'a list of integers in [1, {MAX_HIDDEN:,}]',
            list(c.hidden_sizes))
   _require(c.server_lr is None or (_finite(c.server_lr) and c.server_lr > 0),

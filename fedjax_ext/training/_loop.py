@@ -72,6 +72,10 @@ def load_federation(config: ExperimentConfig) -> Federation:
   if config.partition is None:
     config = dataclasses.replace(
         config, partition=data.default_partition(config.dataset))
+  if config.dataset.split('/')[0] in data.TEXT_DATASETS:
+    raise ConfigError(f'--dataset={config.dataset} is text: it needs a '
+                      'tokenizer and a pretrained model (fedjax_ext.pretrained'
+                      ', data.tokenize_examples), not experiments.train.')
   if config.data_dir and os.path.exists(config.data_dir) and not (
       os.path.isdir(config.data_dir)):
     raise ConfigError(f'--data_dir={config.data_dir} is a file, not a '
