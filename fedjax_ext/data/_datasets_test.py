@@ -114,7 +114,7 @@ class NamesTest(parameterized.TestCase):
 
   @parameterized.parameters('imagenet', 'mnist_corrupted', '')
   def test_unknown_name_lists_datasets(self, name):
-    with self.assertRaisesRegex(ValueError, 'digits, leaf_synthetic, mnist, '
+    with self.assertRaisesRegex(ValueError, 'digits, leaf_synthetic, bbc_news, mnist, '
                                 'emnist, fashion_mnist, cifar10, cifar100, '
                                 'federated_emnist, shakespeare, '
                                 'stackoverflow'):

@@ -42,3 +42,9 @@ from fedjax_ext.lora._florg import init_bases
 from fedjax_ext.lora._florg import init_florg
 from fedjax_ext.lora._florg import procrustes
 from fedjax_ext.lora._florg import refactor
+from fedjax_ext.lora._hetero import client_rank
+from fedjax_ext.lora._hetero import flex_lora
+from fedjax_ext.lora._hetero import het_lora
+from fedjax_ext.lora._hetero import NORM_WEIGHTINGS
+from fedjax_ext.lora._hetero import rank_bytes
+from fedjax_ext.lora._hetero import SCALES

@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_ext import clients
-from fedjax_ext import core
 from fedjax_ext.core import Params, PRNGKey, PyTree
 
 Adapters = dict[str, dict[str, jax.Array]]
@@ -321,7 +320,3 @@ def full_update_bytes(base_params: Params) -> int:
   """Bytes a full fine-tuning client uploads per round (FedAvg)."""
   return count_bytes(base_params)
 
-
-def stacked_payload_bytes(tree: PyTree, num_clients) -> jax.Array:
-  """Per-client bytes of a stacked payload (`core.payload_bytes`)."""
-  return core.payload_bytes(tree, num_clients)

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedjax_ext import core
 from fedjax_ext import lora
 from fedjax_ext._src import test_utils
 from fedjax_ext.lora import _testing

@@ -29,7 +29,7 @@ client's real rank: :math:`r_k (d_{in} + d_{out})` per module (+ dense).
   - weights: ``norm_weighting='norm'`` (:math:`p_k \propto \|s B_k
     A_k\|_F` per module) or ``'norm_times_weight'`` (times the round's
     weighting, e.g. n_k);
-  - self-pruning (``prune_threshold`` > 0): after local training a client
+  - self-pruning (``prune_threshold`` > 0; default 0, off): after local training a client
     with rank r > ``min_rank`` drops its last component when
     :math:`\|b_r\| \|a_r\| < \text{prune\_threshold} \cdot \max_j \|b_j\|
     \|a_j\|` (summed over modules), and keeps the smaller rank in its
@@ -92,8 +92,10 @@ def flex_lora(loss_fn: clients.LossFn, client_optimizer,
   """FlexLoRA (module docstring); ``config.rank`` must equal max_rank.
 
   ``algorithm_state['delta']`` holds the global :math:`\\Delta W` per
-  module ([out, in]); ``server_optimizer`` applies to ``dense`` only.
-  Other arguments as `lora.fed_it`.
+  module ([out, in]), the evaluated model is :math:`W_0 + \\Delta W`;
+  ``server_optimizer`` applies to ``dense`` only. Clients upload
+  ``{'lora': padded factors, 'rank': r_k}``. Other arguments as
+  `lora.fed_it`.
   """
   _check_max_rank(config, max_rank)
   execution = core.as_execution(execution)
@@ -113,19 +115,19 @@ def flex_lora(loss_fn: clients.LossFn, client_optimizer,
         unroll=execution.unroll)
     update = LoRAParams(_adapters.truncate(local.adapters, rank),
                         jax.tree.map(jnp.subtract, lora.dense, local.dense))
-    return core.ClientOutput(update=update, weight=stats.num_examples,
+    return core.ClientOutput(update={'lora': update, 'rank': rank},
+                             weight=stats.num_examples,
                              client_state=client_state,
                              metrics=clients.stats_metrics(stats))
 
-  def aggregate(updates, state, params=None, *, weights, client_info,
-                **extra):
+  def aggregate(updates, state, params=None, *, weights, **extra):
     del params, extra
-    ranks = client_rank(client_info, max_rank)
-    scales = _adapters.scaling(config.alpha, ranks.astype(jnp.float32))
+    scales = config.alpha / updates['rank'].astype(jnp.float32)
+    lora = updates['lora']
     deltas = {p: core.tree_weighted_mean(
         scales[:, None, None] * (a['B'] @ a['A']), weights)
-              for p, a in updates.adapters.items()}
-    return LoRAParams(deltas, core.tree_weighted_mean(updates.dense,
+              for p, a in lora.adapters.items()}
+    return LoRAParams(deltas, core.tree_weighted_mean(lora.dense,
                                                       weights)), state
 
   def update_fn(state, agg, outputs, key):
@@ -139,31 +141,23 @@ def flex_lora(loss_fn: clients.LossFn, client_optimizer,
     return state._replace(params=state.params._replace(adapters=factors),
                           algorithm_state=algorithm_state)
 
-  def downlink(state, outputs):
-    del outputs
-    return rank_bytes(state.params.adapters, _ranks['last'],
-                      state.params.dense)
+  def model_params(state, client_store):
+    del client_store
+    return _adapters.merge(state.algorithm_state['base'],
+                           LoRAParams({}, state.params.dense), alpha=1.,
+                           deltas=state.algorithm_state['delta'])
 
-  _ranks = {}
+  def init_algorithm_state(params):
+    lora = _methods.init_lora_params(params, config)
+    return {'base': params, 'delta': {
+        p: jnp.zeros((a['B'].shape[0], a['A'].shape[1]), a['A'].dtype)
+        for p, a in lora.adapters.items()}}
 
-  def metrics_fn(outputs, agg, state):
-    del agg
-    ranks = _ranks['last']
-    metrics = {
-        'upload_bytes_per_client': rank_bytes(
-            state.params.adapters, ranks, outputs.update.dense and
-            jax.tree.map(lambda v: v[0], outputs.update.dense)),
-        'downlink_bytes_per_client': rank_bytes(
-            state.params.adapters, ranks, state.params.dense),
-        'mean_rank': jnp.mean(ranks.astype(jnp.float32)),
-    }
-    return metrics
-
-  return _hetero_algorithm(client_update, aggregate, update_fn, config,
-                           max_rank, server, weighting=weighting,
-                           transform_outputs=transform_outputs,
-                           extra_metrics=extra_metrics, execution=execution,
-                           delta_state=True)
+  return _hetero_algorithm(
+      client_update, aggregate, update_fn, config, server,
+      weighting=weighting, transform_outputs=transform_outputs,
+      extra_metrics=extra_metrics, execution=execution,
+      init_algorithm_state=init_algorithm_state, model_params=model_params)
 
 
 def het_lora(loss_fn: clients.LossFn, client_optimizer,
@@ -179,8 +173,9 @@ def het_lora(loss_fn: clients.LossFn, client_optimizer,
   """HetLoRA (module docstring); ``config.rank`` must equal max_rank.
 
   The client store holds each client's current rank (0 = not yet set:
-  use ``info['rank']``); self-pruning only lowers it. Other arguments as
-  `lora.fed_it`.
+  use ``info['rank']``); self-pruning only lowers it. Clients upload
+  ``{'lora': padded factors, 'rank': the rank after pruning}``. Other
+  arguments as `lora.fed_it`.
   """
   _check_max_rank(config, max_rank)
   if scale not in SCALES:
@@ -193,23 +188,19 @@ def het_lora(loss_fn: clients.LossFn, client_optimizer,
 
   def scale_of(rank):
     if scale == 'max_rank':
-      return config.alpha / max_rank
-    return config.alpha / rank
-
-  def own_rank(info, stored):
-    rank = client_rank(info, max_rank)
-    return jnp.where(stored > 0, jnp.minimum(stored, rank), rank)
+      return config.alpha / max_rank * jnp.ones_like(rank, jnp.float32)
+    return config.alpha / rank.astype(jnp.float32)
 
   def client_update(message, stored, batches, key, info):
-    rank = own_rank(info, stored)
-    s = scale_of(rank)
+    rank = client_rank(info, max_rank)
+    rank = jnp.where(stored > 0, jnp.minimum(stored, rank), rank)
     lora = message['lora']
-    start = _adapters.truncate(lora.adapters, rank)
-    # merge's scale is alpha / rank_arg, so pass alpha / s as the "rank".
+    # merge's scale is alpha / rank_arg: pass alpha / s as the "rank".
     _, local, stats = _methods.train_lora(
         loss_fn, client_optimizer, message['base'],
-        LoRAParams(start, lora.dense), ('A', 'B'), batches, key,
-        alpha=config.alpha, rank=config.alpha / s,
+        LoRAParams(_adapters.truncate(lora.adapters, rank), lora.dense),
+        ('A', 'B'), batches, key, alpha=config.alpha,
+        rank=config.alpha / scale_of(rank),
         transform=lambda a: _adapters.truncate(a, rank),
         unroll=execution.unroll)
     adapters = _adapters.truncate(local.adapters, rank)
@@ -217,110 +208,89 @@ def het_lora(loss_fn: clients.LossFn, client_optimizer,
       norms = sum(jnp.linalg.norm(a['B'], axis=0)
                   * jnp.linalg.norm(a['A'], axis=1)
                   for a in adapters.values())  # [max_rank].
-      last = norms[jnp.maximum(rank - 1, 0)]
+      last = norms[rank - 1]
       prune = (rank > min_rank) & (last < prune_threshold * jnp.max(norms))
       rank = jnp.where(prune, rank - 1, rank)
       adapters = _adapters.truncate(adapters, rank)
     update = LoRAParams(adapters,
                         jax.tree.map(jnp.subtract, lora.dense, local.dense))
-    return core.ClientOutput(update=update, weight=stats.num_examples,
+    return core.ClientOutput(update={'lora': update, 'rank': rank},
+                             weight=stats.num_examples,
                              client_state=rank.astype(jnp.int32),
-                             metrics=dict(clients.stats_metrics(stats),
-                                          client_rank=rank.astype(
-                                              jnp.float32)))
+                             metrics=clients.stats_metrics(stats))
 
-  def aggregate(updates, state, params=None, *, weights, client_info,
-                **extra):
+  def aggregate(updates, state, params=None, *, weights, **extra):
     del params, extra
-    ranks = client_rank(client_info, max_rank).astype(jnp.float32)
-    scales = scale_of(ranks) * jnp.ones_like(ranks)
+    scales = scale_of(updates['rank'])
+    lora = updates['lora']
     factors = {}
-    for p, a in updates.adapters.items():
+    for p, a in lora.adapters.items():
       norms = scales * jnp.linalg.norm(a['B'] @ a['A'], axis=(1, 2))
       w = norms * (weights if norm_weighting == 'norm_times_weight'
                    else (weights > 0).astype(norms.dtype))
       factors[p] = core.tree_weighted_mean(a, w)
-    return LoRAParams(factors, core.tree_weighted_mean(updates.dense,
+    return LoRAParams(factors, core.tree_weighted_mean(lora.dense,
                                                        weights)), state
 
   def update_fn(state, agg, outputs, key):
     zeros = jax.tree.map(jnp.zeros_like, state.params.adapters)
     state = server.update(state, LoRAParams(zeros, agg.dense), outputs, key)
-    return state._replace(params=state.params._replace(
-        adapters=agg.adapters))
+    # A module no client moved (all norms 0, e.g. round 1 with B = 0 and
+    # no training) aggregates to zeros: keep the old factors instead.
+    kept = {p: jax.tree.map(
+        lambda new, old: jnp.where(jnp.any(new != 0), new, old), a,
+        state.params.adapters[p]) for p, a in agg.adapters.items()}
+    return state._replace(params=state.params._replace(adapters=kept))
 
-  return _hetero_algorithm(client_update, aggregate, update_fn, config,
-                           max_rank, server, weighting=weighting,
-                           transform_outputs=transform_outputs,
-                           extra_metrics=extra_metrics, execution=execution,
-                           init_client_state=lambda p: jnp.zeros(
-                               (), jnp.int32),
-                           model_scale=config.alpha / scale_of(max_rank))
+  def model_params(state, client_store):
+    del client_store
+    return _adapters.merge(
+        state.algorithm_state['base'], state.params, alpha=config.alpha,
+        rank=config.alpha / scale_of(jnp.asarray(max_rank)))
+
+  return _hetero_algorithm(
+      client_update, aggregate, update_fn, config, server,
+      weighting=weighting, transform_outputs=transform_outputs,
+      extra_metrics=extra_metrics, execution=execution,
+      init_algorithm_state=lambda params: {'base': params},
+      model_params=model_params,
+      init_client_state=lambda params: jnp.zeros((), jnp.int32))
 
 
-def _hetero_algorithm(client_update, aggregate, update_fn, config, max_rank,
-                      server, *, weighting, transform_outputs, extra_metrics,
-                      execution, delta_state=False, init_client_state=None,
-                      model_scale=None):
-  """The shared composition: bytes at each client's rank, model params."""
+def _hetero_algorithm(client_update, aggregate, update_fn, config, server, *,
+                      weighting, transform_outputs, extra_metrics, execution,
+                      init_algorithm_state, model_params,
+                      init_client_state=None):
+  """The shared composition; bytes counted at each client's rank."""
 
-  def metrics_fn(outputs, agg, state, cohort_ranks):
+  def metrics_fn(outputs, agg, state):
+    ranks = outputs.update['rank']
     adapters = state.params.adapters
-    dense = jax.tree.map(lambda v: v[0], outputs.update.dense)
+    dense = jax.tree.map(lambda v: v[0], outputs.update['lora'].dense)
+    rank_itemsize = jnp.dtype(ranks.dtype).itemsize
     metrics = {
-        'upload_bytes_per_client': rank_bytes(adapters, cohort_ranks, dense),
-        'downlink_bytes_per_client': rank_bytes(adapters, cohort_ranks,
+        'upload_bytes_per_client': rank_bytes(adapters, ranks, dense)
+                                   + rank_itemsize,
+        'downlink_bytes_per_client': rank_bytes(adapters, ranks,
                                                 state.params.dense),
-        'mean_rank': jnp.mean(cohort_ranks.astype(jnp.float32)),
+        'mean_rank': jnp.mean(ranks.astype(jnp.float32)),
     }
     if extra_metrics is not None:
       metrics.update(extra_metrics(outputs, agg, state))
     return metrics
 
-  def model_params(state, client_store):
-    del client_store
-    base = state.algorithm_state['base']
-    if delta_state:
-      return _adapters.merge(base, LoRAParams({}, state.params.dense),
-                             alpha=1., deltas=state.algorithm_state['delta'])
-    return _adapters.merge(base, state.params, alpha=config.alpha,
-                           rank=model_scale)
-
-  def message_fn(state):
-    return _methods.round_message(state)
-
   algorithm = core.federated_algorithm(
       client_update, core.Aggregator(lambda p: (), aggregate),
       core.ServerUpdate(server.init, update_fn), weighting=weighting,
       init_client_state=init_client_state or (lambda p: ()),
-      server_message=message_fn, transform_outputs=transform_outputs,
+      init_algorithm_state=init_algorithm_state,
+      server_message=_methods.round_message,
+      transform_outputs=transform_outputs, extra_metrics=metrics_fn,
       execution=execution)
 
   def init(params):
     state = algorithm.init(params)
     lora = _methods.init_lora_params(params, config)
-    algorithm_state = {'base': params}
-    if delta_state:
-      algorithm_state['delta'] = {
-          p: jnp.zeros((a['B'].shape[0], a['A'].shape[1]), a['A'].dtype)
-          for p, a in lora.adapters.items()}
-    return state._replace(params=lora, opt_state=server.init(lora),
-                          algorithm_state=algorithm_state)
+    return state._replace(params=lora, opt_state=server.init(lora))
 
-  def apply(state, client_store, cohort, key):
-    new_state, client_store, metrics = algorithm.apply(state, client_store,
-                                                       cohort, key)
-    ranks = client_rank(cohort.info, max_rank)
-    if init_client_state is not None:  # HetLoRA: the rank it trained at.
-      stored = core.tree_gather(client_store, cohort.client_ids)
-      ranks = jnp.where(stored > 0, jnp.minimum(stored, ranks), ranks)
-    # Bytes need the cohort's ranks, which extra_metrics does not see.
-    outputs_dense = jax.tree.map(lambda v: v[None], state.params.dense)
-    metrics.update(metrics_fn(
-        core.ClientOutput((), jnp.zeros(1), (), {},
-                          ()) ._replace(update=LoRAParams({}, outputs_dense)),
-        None, state, ranks) if extra_metrics is None else {})
-    return new_state, client_store, metrics
-
-  return algorithm._replace(init=init, apply=apply,
-                            model_params=model_params)
+  return algorithm._replace(init=init, model_params=model_params)
