@@ -111,12 +111,11 @@ def test_bad_flags_are_refused():
 
 @needs_assets
 def test_tmp_all_methods(tmp_path, bbc_dir):
-  s = settings('--quick', '--rounds=2', f'--workdir={tmp_path}',
-               f'--data_dir={bbc_dir}', '--methods=' + ','.join(
-                   lora_experiment.METHODS), '--het_ranks=2,4', '--clients=6',
-               '--clients_per_round=3')
-  runs = lora_experiment.run(s, log=print)
-  print((tmp_path / 'results.md').read_text())
-  for k, (lines,) in runs.items():
-    print(k, lines[-1])
+  for lr in ('1e-3', '3e-3'):
+    s = settings('--rounds=20', f'--workdir={tmp_path}/{lr}', '--eval_every=5',
+                 f'--data_dir={bbc_dir}', '--methods=fedit', '--ranks=4',
+                 '--num_seeds=1', f'--lr={lr}')
+    runs = lora_experiment.run(s, log=print)
+    for k, (lines,) in runs.items():
+      print(lr, k, [(l['round'], round(l['test_accuracy'], 3), round(l['train_loss'], 3)) for l in lines], lines[-1].get('round_time_s'))
   assert 0
