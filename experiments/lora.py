@@ -87,7 +87,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   define('integer', 'clients_per_round', 5, 'Clients per round.', '>= 1')
   define('integer', 'local_steps', 5, 'Local Adam steps per round.', '>= 1')
   define('integer', 'batch_size', 16, 'Local batch size.', '>= 1')
-  define('float', 'lr', 1e-3, 'Client (and centralized) Adam step.', '> 0')
+  define('float', 'lr', 3e-3, 'Client (and centralized) Adam step.', '> 0')
   define('float', 'target_accuracy', 0.85, 'For bytes-to-target.',
          'in [0, 1]')
   define('integer', 'max_examples', 0, 'Cap each split (0: all).', '>= 0')
@@ -200,26 +200,6 @@ def build(s, method, rank, loss_fn, key):
   }[method]()
 
 
-def for_runner(algorithm):
-  """Two work-arounds of library bugs (reported): the LoRA inits take the
-  ``dense`` leaves (the head) from the base itself and run_rounds donates
-  the state (one buffer donated twice): `init` copies ``params``; orbax
-  cannot save a bare-array client store (HetLoRA's ranks): it is boxed."""
-  def init(params):
-    state = algorithm.init(params)
-    return state._replace(params=jax.tree.map(jnp.copy, state.params))
-
-  def apply(state, store, cohort, key):
-    state, store, metrics = algorithm.apply(state, store['s'], cohort, key)
-    return state, {'s': store}, metrics
-
-  return algorithm._replace(
-      init=init, apply=apply,
-      init_client_state=lambda p: {'s': algorithm.init_client_state(p)},
-      model_params=lambda state, store: algorithm.model_params(
-          state, store['s']))
-
-
 def bytes_to_target(lines, target):
   """Cumulative (upload + downlink) bytes per client at the first line whose
   test accuracy reaches `target` (None if none does)."""
@@ -295,7 +275,7 @@ def run(s, log=print) -> dict:
             round_num=r))
     workdir = os.path.join(s.workdir, f'{method}-a{alpha:g}-r{rank}-seed{seed}')
     runs[(method, alpha, rank)].append(training.run_rounds(
-        for_runner(algorithm), params, num_clients=s.clients, cohorts=cohorts,
+        algorithm, params, num_clients=s.clients, cohorts=cohorts,
         rounds=s.rounds, key=run_key, workdir=workdir, evaluators=[evaluator],
         eval_every=s.eval_every, checkpoint_every=s.rounds,
         resume=s.resume and os.path.isdir(os.path.join(workdir, 'checkpoints')),

@@ -108,14 +108,3 @@ def test_bad_flags_are_refused():
   s = settings('--quick', '--methods=ffa', '--rounds=3')
   assert (s.methods, s.rounds, s.local_steps) == (['ffa'], 3, 2)
 
-
-@needs_assets
-def test_tmp_all_methods(tmp_path, bbc_dir):
-  for lr in ('1e-3', '3e-3'):
-    s = settings('--rounds=20', f'--workdir={tmp_path}/{lr}', '--eval_every=5',
-                 f'--data_dir={bbc_dir}', '--methods=fedit', '--ranks=4',
-                 '--num_seeds=1', f'--lr={lr}')
-    runs = lora_experiment.run(s, log=print)
-    for k, (lines,) in runs.items():
-      print(lr, k, [(l['round'], round(l['test_accuracy'], 3), round(l['train_loss'], 3)) for l in lines], lines[-1].get('round_time_s'))
-  assert 0

@@ -193,6 +193,7 @@ def het_lora(loss_fn: clients.LossFn, client_optimizer,
 
   def client_update(message, stored, batches, key, info):
     rank = client_rank(info, max_rank)
+    stored = stored['rank']  # 0 until the client has trained once.
     rank = jnp.where(stored > 0, jnp.minimum(stored, rank), rank)
     lora = message['lora']
     # merge's scale is alpha / rank_arg: pass alpha / s as the "rank".
@@ -216,7 +217,7 @@ def het_lora(loss_fn: clients.LossFn, client_optimizer,
                         jax.tree.map(jnp.subtract, lora.dense, local.dense))
     return core.ClientOutput(update={'lora': update, 'rank': rank},
                              weight=stats.num_examples,
-                             client_state=rank.astype(jnp.int32),
+                             client_state={'rank': rank.astype(jnp.int32)},
                              metrics=clients.stats_metrics(stats))
 
   def aggregate(updates, state, params=None, *, weights, **extra):
@@ -254,7 +255,7 @@ def het_lora(loss_fn: clients.LossFn, client_optimizer,
       extra_metrics=extra_metrics, execution=execution,
       init_algorithm_state=lambda params: {'base': params},
       model_params=model_params,
-      init_client_state=lambda params: jnp.zeros((), jnp.int32))
+      init_client_state=lambda params: {'rank': jnp.zeros((), jnp.int32)})
 
 
 def _hetero_algorithm(client_update, aggregate, update_fn, config, server, *,

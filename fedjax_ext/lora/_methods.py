@@ -71,7 +71,8 @@ def init_lora_params(base_params: Params, config: LoRAConfig) -> LoRAParams:
   dense = {}
   if config.dense_targets is not None:
     flat = _adapters.flat_params(base_params)
-    dense = {p: flat[p] for p in _adapters.select_paths(
+    # Copies: the round donates its state, and the base lives in it too.
+    dense = {p: jnp.array(flat[p]) for p in _adapters.select_paths(
         base_params, config.dense_targets)}
     clash = set(dense) & set(adapters)
     if clash:
