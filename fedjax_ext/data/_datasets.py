@@ -14,6 +14,8 @@ The data dir is the `data_dir` argument, else ``$FEDJAX_EXT_DATA_DIR``,
 else TFDS's default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
 """
 
+import contextlib
+import io
 from typing import NamedTuple
 
 import numpy as np
@@ -100,7 +102,12 @@ def prepare_local(name: str, *, config: str | None,
   """The local builder, prepared as array_record unless it already is."""
   builder = local_builder(name, config=config, data_dir=data_dir)
   if not builder.is_prepared():
-    builder.download_and_prepare()
+    # TFDS prints "Downloading and preparing ..." for every build; a local
+    # builder downloads nothing, so say what happens instead.
+    print(f'Building {canonical_name(builder)} (first use, once) in '
+          f'{builder.data_dir}.', flush=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare()
   return builder
 
 
