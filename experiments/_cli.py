@@ -6,6 +6,7 @@ Every script passes `parse_flags` to ``app.run``; the two flags defined here,
 every script.
 """
 
+import math
 import os
 import sys
 from typing import NoReturn
@@ -28,6 +29,31 @@ flags.DEFINE_integer(
     'pool per device, so a model too small to use several cores in one '
     'program uses them all. Clients per round must be a multiple of it. '
     'Ignored when JAX runs on an accelerator.')
+
+
+# Range checks of numeric flags by the text the error shows (`--name must
+# be <text>.`); every one refuses NaN and infinities.
+CHECKS = {
+    '>= 0': lambda v: math.isfinite(v) and v >= 0,
+    '>= 1': lambda v: math.isfinite(v) and v >= 1,
+    '> 0': lambda v: math.isfinite(v) and v > 0,
+    'in [0, 1]': lambda v: 0 <= v <= 1,
+    'in [1, 5]': lambda v: 1 <= v <= 5,
+    'in [1, 100000]': lambda v: 1 <= v <= 100_000,
+}
+
+
+def define_checked(fv: flags.FlagValues, kind: str, name: str, default,
+                   help_: str, want: str | None = None, ok=None) -> None:
+  """``flags.DEFINE_<kind>`` plus a validator checked at parse time.
+
+  A value failing ``ok`` (default: ``CHECKS[want]``) exits 2 with the one
+  line ``--name must be <want>.`` (through `parse_flags`).
+  """
+  getattr(flags, 'DEFINE_' + kind)(name, default, help_, flag_values=fv)
+  if want:
+    flags.register_validator(name, ok or CHECKS[want],
+                             f'--{name} must be {want}.', flag_values=fv)
 
 
 def fail(message: str, status: int = 2) -> NoReturn:

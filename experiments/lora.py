@@ -26,6 +26,7 @@ upload per round as % of full fine-tuning of MiniLM; seconds per round) and
 accuracy.png. ``python -m experiments.lora [--quick] --workdir=runs/lora``
 """
 
+import functools
 import glob
 import itertools
 import os
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import _cli
 from experiments._cli import fail, parse_flags
 from fedjax_ext import clients, data, lora, pretrained, training
 from fedjax_ext.pretrained import MiniLM
@@ -46,9 +48,6 @@ METHODS = ('fedit', 'ffa', 'fedsa', 'flexlora', 'hetlora', 'florg',
            'centralized', 'local')
 MAX_LENGTH = 32  # Titles: at most 17 word pieces.
 HEAD = r'head/(kernel|bias)'
-RULES = {'>= 1': lambda v: v >= 1, '> 0': lambda v: v > 0,
-         '>= 0': lambda v: v >= 0, 'in [0, 1]': lambda v: 0 <= v <= 1,
-         'in [1, 5]': lambda v: 1 <= v <= 5}
 QUICK = dict(methods=['fedit', 'florg'], ranks=['4'], num_seeds=1, rounds=2,
              eval_every=1, clients=4, clients_per_round=2, local_steps=2,
              batch_size=8, max_examples=160)
@@ -59,13 +58,9 @@ SWEEP_KEYS = ('resume', 'rounds', 'eval_every', 'data_dir', 'methods',
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """This script's flags, on `fv` (a test passes a fresh `FlagValues`)."""
-  def define(kind, name, default, help_, want=None, ok=None):
-    getattr(flags, 'DEFINE_' + kind)(name, default, help_, flag_values=fv)
-    if want:  # Checked when the flags are parsed: exit 2 with one line.
-      flags.register_validator(name, ok or RULES[want],
-                               f'--{name} must be {want}.', flag_values=fv)
+  define = functools.partial(_cli.define_checked, fv)
   numbers = lambda kind, want: (f'{kind}s {want}', lambda v: bool(v) and all(
-      _is(kind, x) and RULES[want](float(x)) for x in v))
+      _is(kind, x) and _cli.CHECKS[want](float(x)) for x in v))
   define('string', 'workdir', None, 'Default: runs/lora-<time>.')
   define('string', 'data_dir', None, 'TFDS data dir.')
   define('list', 'methods', list(METHODS), 'LoRA methods.',

@@ -8,6 +8,7 @@ summary: WORKDIR/results.md, summary.json, {accuracy,drift}_<dataset>.png.
 ``python -m experiments.omniisr [--quick] --workdir=runs/omniisr``
 """
 
+import functools
 import itertools
 import json
 import os
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from experiments import _cli
 from experiments._cli import fail, parse_flags
 from fedjax_ext import algorithms, core, data, drift, isr, models, training
 from fedjax_ext.training import _plots
@@ -29,19 +31,13 @@ METRICS = ('test_accuracy', 'macro_f1', 'client_accuracy_p10')
 PER_ROUND = ('drift_sq_dist', 'client_drift', 'update_cosine_mean', 'zeta_sq',
              'b_dissimilarity_sq', 'drift_bound_ratio', 'cl_fl_cosine')
 VARIANTS = {'base': (0, 0), 'isr': (1, 1), 'mi': (1, 0), 'ne': (0, 1)}
-RULES = {'>= 1': lambda v: v >= 1, '> 0': lambda v: v > 0,
-         '>= 0': lambda v: v >= 0, 'in [1, 100000]': lambda v: 1 <= v <= 1e5}
 QUICK = dict(rounds=3, num_seeds=1, eval_every=3, local_steps=2, hidden_sizes=[
     '16'], datasets=['digits'], algorithms=['fedavg'], isr_points=['hidden_0'])
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """This script's flags, on `fv` (a test passes a fresh `FlagValues`)."""
-  def define(kind, name, default, help_, want=None, ok=None):
-    getattr(flags, 'DEFINE_' + kind)(name, default, help_, flag_values=fv)
-    if want:  # Checked when the flags are parsed: exit 2 with one line.
-      flags.register_validator(name, ok or RULES[want],
-                               f'--{name} must be {want}.', flag_values=fv)
+  define = functools.partial(_cli.define_checked, fv)
   define('string', 'workdir', None, 'Default: runs/omniisr-<time>.')
   define('string', 'data_dir', None, 'TFDS data dir.')
   among = lambda c: (f'among {", ".join(c)}', lambda v: set(
