@@ -3,12 +3,12 @@
 import math
 
 from absl.testing import absltest
-from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedjax_ext._src import test_utils
 from fedjax_ext import algorithms
 from fedjax_ext import isr
 from fedjax_ext import models
@@ -76,13 +76,7 @@ BAD_CALLS = (
 )
 
 
-class ValidationTest(parameterized.TestCase):
-
-  @parameterized.named_parameters(*BAD_CALLS)
-  def test_bad_argument_is_named(self, call, expected):
-    with self.assertRaises((ValueError, TypeError)) as caught:
-      call()
-    self.assertIn(expected, str(caught.exception))
+ValidationTest = test_utils.bad_calls_test_case(BAD_CALLS)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,8 @@
 """Bad arguments to `fedjax_ext.models`: one error naming the argument each."""
 
 from absl.testing import absltest
-from absl.testing import parameterized
 
+from fedjax_ext._src import test_utils
 from fedjax_ext import models
 
 BAD_CALLS = (
@@ -43,13 +43,7 @@ BAD_CALLS = (
 )
 
 
-class ValidationTest(parameterized.TestCase):
-
-  @parameterized.named_parameters(*BAD_CALLS)
-  def test_bad_argument_is_named(self, call, expected):
-    with self.assertRaises((ValueError, TypeError)) as caught:
-      call()
-    self.assertIn(expected, str(caught.exception))
+ValidationTest = test_utils.bad_calls_test_case(BAD_CALLS)
 
 
 if __name__ == '__main__':

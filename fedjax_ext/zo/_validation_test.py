@@ -7,11 +7,11 @@ contain: the argument's name and, where there is one, its allowed range.
 import math
 
 from absl.testing import absltest
-from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_ext._src import test_utils
 from fedjax_ext import clients
 from fedjax_ext import zo
 
@@ -126,13 +126,7 @@ BAD_CALLS = (
 )
 
 
-class ValidationTest(parameterized.TestCase):
-
-  @parameterized.named_parameters(*BAD_CALLS)
-  def test_bad_argument_is_named(self, call, expected):
-    with self.assertRaises((ValueError, TypeError)) as caught:
-      call()
-    self.assertIn(expected, str(caught.exception))
+ValidationTest = test_utils.bad_calls_test_case(BAD_CALLS)
 
 
 if __name__ == '__main__':
