@@ -298,12 +298,25 @@ def _split_paths(dl_manager, source: Source) -> tuple[str, str]:
   return tuple(find_file(root, name) for name in source.files)
 
 
+class _PerClientBuilder(tfds.core.GeneratorBasedBuilder):
+  """A TFF release read client by client: ``_generate_examples(path, ids)``
+  yields one split's examples; ids are shared by both splits."""
+
+  source: Source
+
+  def _split_generators(self, dl_manager):
+    paths = _split_paths(dl_manager, self.source)
+    ids = client_ids(paths)
+    return {split: self._generate_examples(path, ids)
+            for split, path in zip(('train', 'test'), paths)}
+
+
 @dataclasses.dataclass(eq=False, kw_only=True)
 class FederatedEmnistConfig(tfds.core.BuilderConfig):
   only_digits: bool = True
 
 
-class FederatedEmnist(tfds.core.GeneratorBasedBuilder):
+class FederatedEmnist(_PerClientBuilder):
   """TFF's federated EMNIST: LEAF's EMNIST grouped by writer."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -339,12 +352,6 @@ class FederatedEmnist(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,
     )
 
-  def _split_generators(self, dl_manager):
-    paths = _split_paths(dl_manager, self.source)
-    ids = client_ids(paths)
-    return {split: self._generate_examples(path, ids)
-            for split, path in zip(('train', 'test'), paths)}
-
   def _generate_examples(self, path, ids):
     for name, features in read_clients(path, ('pixels', 'label')):
       images = emnist_images(features['pixels'])
@@ -353,7 +360,7 @@ class FederatedEmnist(tfds.core.GeneratorBasedBuilder):
                               'client_id': ids[name]}
 
 
-class Shakespeare(tfds.core.GeneratorBasedBuilder):
+class Shakespeare(_PerClientBuilder):
   """TFF's Shakespeare: next character, one client per speaking role."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -378,12 +385,6 @@ class Shakespeare(tfds.core.GeneratorBasedBuilder):
                  'simulation/datasets/shakespeare/load_data',
         disable_shuffling=True,
     )
-
-  def _split_generators(self, dl_manager):
-    paths = _split_paths(dl_manager, self.source)
-    ids = client_ids(paths)
-    return {split: self._generate_examples(path, ids)
-            for split, path in zip(('train', 'test'), paths)}
 
   def _generate_examples(self, path, ids):
     for name, features in read_clients(path, ('snippets',)):
