@@ -41,11 +41,13 @@ import optax
 
 from experiments import _cli
 from experiments._cli import fail, parse_flags
-from fedjax_ext import clients, data, lora, pretrained, training
+from fedjax_ext import aggregators, clients, core, data, lora, pretrained, training
 from fedjax_ext.pretrained import MiniLM
 
 METHODS = ('fedit', 'ffa', 'fedsa', 'flexlora', 'hetlora', 'florg',
-           'centralized', 'local')
+           'florg_all', 'centralized', 'local', 'frozen')
+PERSONAL = {'fedsa': lora.fed_sa_personal_params,  # Models kept per client.
+            'local': lora.local_only_personal_params}
 MAX_LENGTH = 32  # Titles: at most 17 word pieces.
 HEAD = r'head/(kernel|bias)'
 QUICK = dict(methods=['fedit', 'florg'], ranks=['4'], num_seeds=1, rounds=2,
@@ -170,7 +172,7 @@ def load(s, log=print):
   return encoder, variables, splits[0], splits[1], ds.num_classes
 
 
-def build(s, method, rank, loss_fn, key):
+def build(s, method, rank, loss_fn, key, params):
   """(algorithm, cohort transform) of one method."""
   adam = optax.adam(s.lr)
   targets = (rf'layer_[{s.first_layer}-5]/attention/(query|value)/kernel')
@@ -189,10 +191,59 @@ def build(s, method, rank, loss_fn, key):
                           ranks),
       'florg': lambda: (lora.florg(loss_fn, adam, lora.FLoRGConfig(
           targets, rank, s.lora_alpha, key, dense_targets=HEAD)), same),
+      'florg_all': lambda: (lora.florg(loss_fn, adam, lora.FLoRGConfig(
+          targets, rank, s.lora_alpha, key, dense_targets=HEAD,
+          alignment='align_all')), same),
       'centralized': lambda: (lora.centralized_lora(loss_fn, adam, cfg),
                               lora.centralized_cohort),
       'local': lambda: (lora.local_only_lora(loss_fn, adam, cfg), same),
+      'frozen': lambda: (frozen_head(loss_fn, adam, params),
+                         lora.centralized_cohort),
   }[method]()
+
+
+def frozen_head(loss_fn, optimizer, params):
+  """Reference row: frozen MiniLM + a linear head trained centrally.
+
+  Only ``head`` is trained (all data in one client, as ``centralized``);
+  the layers stay the pretrained ones: logistic regression on the frozen
+  mean-pooled features.
+  """
+  layers = {k: v for k, v in params.items() if k != 'head'}
+  algorithm = core.federated_algorithm(
+      clients.local_sgd(lambda head, batch, key: loss_fn(
+          {**layers, 'head': head}, batch, key), optimizer),
+      aggregators.weighted_mean(), optax.sgd(1.), weighting='uniform')
+  return algorithm._replace(
+      init=lambda p: algorithm.init(p['head']),
+      model_params=lambda state, store: {**layers, 'head': state.params})
+
+
+def label_mix_evaluator(correct, labels, label_mix, personal=None, alpha=1.):
+  """``personal_accuracy``: mean over clients k of sum_c p_k(c) acc_k(c).
+
+  p_k is client k's training label mix and acc_k(c) the class-c test
+  accuracy of its model: the accuracy on a test set distributed like its
+  own data [I]. ``correct(params)`` is the [N] hit vector on the test
+  set of ``labels``; client k's model is ``personal(state, store, k)`` for
+  methods that keep models per client, else the global model.
+  """
+  num_classes = label_mix.shape[1]
+  counts = np.maximum(np.bincount(labels, minlength=num_classes), 1)
+
+  def class_accuracy(params):
+    hits = np.asarray(correct(params), np.float64)
+    return np.bincount(labels, hits, num_classes) / counts
+
+  def evaluator(params, state, store):
+    if personal is None:
+      acc = np.broadcast_to(class_accuracy(params), label_mix.shape)
+    else:
+      acc = np.stack([class_accuracy(personal(state, store, k, alpha=alpha))
+                      for k in range(len(label_mix))])
+    return {'personal_accuracy': float(np.mean(np.sum(label_mix * acc, 1)))}
+
+  return evaluator
 
 
 def bytes_to_target(lines, target):
@@ -215,11 +266,17 @@ def summarize(s, runs, full_bytes, seconds) -> None:
         f'Adapters on q, v of layers {s.first_layer}-5; bytes per client to '
         f'reach test accuracy {s.target_accuracy} (median over the seeds that '
         'reach it, of how many); upload % of full fine-tuning '
-        f'({full_bytes / 1e6:.1f} MB). local: the mean adapters.', '',
-        '| method | alpha | rank | test accuracy | bytes to target | upload '
-        'B/round | upload % full | s/round |', '|---' * 8 + '|']
+        f'({full_bytes / 1e6:.1f} MB). Test accuracy of fedsa and local: '
+        'the merged mean adapters; personal accuracy: each client\'s own model '
+        '(fedsa, local) or the global one, scored on the test set weighted by '
+        'the client\'s label mix, mean over clients. frozen: pretrained '
+        'MiniLM + linear head (no LoRA).', '',
+        '| method | alpha | rank | test accuracy | personal accuracy | bytes '
+        'to target | upload B/round | upload % full | s/round |',
+        '|---' * 9 + '|']
   for (method, alpha, rank), seeds in runs.items():
     acc = [ls[-1]['test_accuracy'] for ls in seeds]
+    own = [ls[-1]['personal_accuracy'] for ls in seeds]
     hit = [b for b in (bytes_to_target(ls, s.target_accuracy) for ls in seeds)
            if b is not None]
     up = np.mean([l.get('upload_bytes_per_client', 0.) for ls in seeds
@@ -227,7 +284,8 @@ def summarize(s, runs, full_bytes, seconds) -> None:
     sec = np.nanmean([l.get('round_time_s', np.nan) for ls in seeds
                       for l in ls] + [np.nan])
     md.append(f'| {method} | {alpha:g} | {rank} | {np.mean(acc):.4f} +- '
-              f'{np.std(acc):.4f} | ' + (f'{np.median(hit):.4g} ({len(hit)}/'
+              f'{np.std(acc):.4f} | {np.mean(own):.4f} +- {np.std(own):.4f} | '
+              + (f'{np.median(hit):.4g} ({len(hit)}/'
               f'{len(seeds)})' if hit else '-') + f' | {up:.4g} | '
               f'{100 * up / full_bytes:.3f} | {sec:.3g} |')
   with open(os.path.join(s.workdir, 'results.md'), 'w') as f:
@@ -257,11 +315,17 @@ def run(s, log=print) -> dict:
   evaluator = training.classification_evaluator(  # Compiled once.
       clients.predict_fn(model), test, batch_size=128)
   full_bytes = lora.full_update_bytes(variables['params'])
+  test_x, test_y = jnp.asarray(test['x']), np.asarray(test['y'])
+  correct = jax.jit(lambda p: jnp.argmax(clients.predict_fn(model)(
+      p, test_x), -1) == test_y)
+  mixes = {k: np.stack([np.bincount(train['y'][rows], minlength=num_classes)
+                        / max(len(rows), 1) for rows in part])
+           for k, part in parts.items()}
   runs = {k: [] for k in itertools.product(s.methods, s.alphas, s.ranks)}
   for (method, alpha, rank), seed in itertools.product(runs, seeds):
     init_key, run_key = jax.random.split(jax.random.key(seed))
     params = top_params(variables, s.first_layer, num_classes, init_key)
-    algorithm, transform = build(s, method, rank, loss_fn, init_key)
+    algorithm, transform = build(s, method, rank, loss_fn, init_key, params)
     part = parts[(alpha, seed)]
     cohorts = lambda r, part=part, seed=seed, transform=transform: transform(
         data.pack_cohort(train, part, data.sample_clients(
@@ -271,7 +335,10 @@ def run(s, log=print) -> dict:
     workdir = os.path.join(s.workdir, f'{method}-a{alpha:g}-r{rank}-seed{seed}')
     runs[(method, alpha, rank)].append(training.run_rounds(
         algorithm, params, num_clients=s.clients, cohorts=cohorts,
-        rounds=s.rounds, key=run_key, workdir=workdir, evaluators=[evaluator],
+        rounds=s.rounds, key=run_key, workdir=workdir, evaluators=[
+            evaluator, label_mix_evaluator(
+                correct, test_y, mixes[(alpha, seed)], PERSONAL.get(method),
+                s.lora_alpha)],
         eval_every=s.eval_every, checkpoint_every=s.rounds,
         resume=s.resume and os.path.isdir(os.path.join(workdir, 'checkpoints')),
         config=dict(vars(s), method=method, alpha=alpha, rank=rank, seed=seed),

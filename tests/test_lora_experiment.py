@@ -9,6 +9,7 @@ import os
 from absl import flags
 import jax
 import numpy as np
+import optax
 import pytest
 
 from experiments import lora as lora_experiment
@@ -83,6 +84,7 @@ def test_quick_sweep_writes_runs_table_and_plot(tmp_path, bbc_dir):
     assert [l['round'] for l in lines] == [1, 2]
     for line in lines:
       assert 0. <= line['test_accuracy'] <= 1.
+      assert 0. <= line['personal_accuracy'] <= 1.
       assert np.isfinite(line['train_loss'])
   # FLoRG uploads A only, FedIT A and B (r x 384 and 384 x r): half the
   # adapter bytes; both also upload the dense head (384 x 5 + 5 floats).
@@ -95,6 +97,38 @@ def test_quick_sweep_writes_runs_table_and_plot(tmp_path, bbc_dir):
   assert '| fedit | 0.5 | 4 |' in results and '| florg | 0.5 | 4 |' in results
   assert (tmp_path / 'accuracy.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert 'results.md' in log[-1]
+
+
+def test_label_mix_evaluator_weighs_class_accuracy_by_each_client():
+  labels = np.array([0, 0, 1, 1, 1])
+  hits = {'a': np.array([1, 1, 0, 0, 1]), 'b': np.array([0, 1, 1, 1, 1])}
+  mix = np.array([[1., 0.], [0.25, 0.75]])
+  # Global model 'a': class accuracies (1, 1/3).
+  evaluator = lora_experiment.label_mix_evaluator(hits.get, labels, mix)
+  np.testing.assert_allclose(evaluator('a', None, None)['personal_accuracy'],
+                             (1. + 0.25 + 0.75 / 3) / 2)
+  # Personal models: client 0 uses 'a', client 1 uses 'b' (1/2, 1).
+  personal = lambda state, store, k, alpha: 'ab'[k]
+  evaluator = lora_experiment.label_mix_evaluator(hits.get, labels, mix,
+                                                  personal)
+  np.testing.assert_allclose(evaluator('a', None, None)['personal_accuracy'],
+                             (1. + 0.125 + 0.75) / 2)
+
+
+def test_frozen_row_trains_the_head_only():
+  from fedjax_ext.lora import _testing
+  params = dict(_testing.base_params()['params'])
+  algorithm = lora_experiment.frozen_head(
+      lambda p, batch, key: _testing.loss_fn({'params': p}, batch, key),
+      optax.sgd(0.1), params)
+  state = algorithm.init(params)
+  state, _, _ = jax.jit(algorithm.apply)(
+      state, (), lora.centralized_cohort(_testing.cohort()),
+      jax.random.key(0))
+  model = algorithm.model_params(state, ())
+  for name in ('layer_0', 'layer_1'):
+    assert model[name] is params[name]
+  assert not np.allclose(model['head']['kernel'], params['head']['kernel'])
 
 
 def test_bad_flags_are_refused():
