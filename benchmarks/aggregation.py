@@ -8,9 +8,15 @@ Times each robust rule of `training.AGGREGATORS` (built by
 reads as a fraction of a round. The target of issue 6: under 10% of a W1
 round. ``--sort`` also times median and trimmed mean with ``jnp.sort``
 (the baseline the sorting network replaced; ~12-15 s each on CPU).
+Every run also times the Gram matrix of the stacked updates alone
+(`aggregators._distance.gram_matrix`, ``gram_matrix_s``): the one
+:math:`2 C^2 d`-flop matmul Krum, multi-Krum, NNM and Bulyan share, their
+floor on CPU. ``--exact`` also times those rules with
+``distances='exact'`` (direct differences, no cancellation; slow).
 
   python -m benchmarks.aggregation                       # /tmp/... json
   python -m benchmarks.aggregation --sort --update_report
+  python -m benchmarks.aggregation --aggregators=krum,bulyan --exact
   python -m benchmarks.aggregation --quick               # smoke test
 
 Writes ``aggregation.json`` to ``--results_dir`` (default a directory under
@@ -41,11 +47,14 @@ from fedjax_ext import clients
 from fedjax_ext import core
 from fedjax_ext import models
 from fedjax_ext import training
+from fedjax_ext.aggregators import _distance
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPORT_DIR = os.path.join(HERE, 'results')
 RESULTS_FILE = 'aggregation.json'
 SORT_BASELINES = ('median@sort', 'trimmed_mean@sort')
+EXACT_BASELINES = ('krum@exact', 'multi_krum@exact',
+                   'nnm_trimmed_mean@exact', 'bulyan@exact')
 # Rules by default: every named rule but the guarded mean (= mean here).
 DEFAULT_AGGREGATORS = [n for n in training.AGGREGATORS if n != 'mean_guarded']
 # --quick: a smoke test in seconds (numbers meaningless).
@@ -64,6 +73,8 @@ flags.DEFINE_list('aggregators', DEFAULT_AGGREGATORS,
                   f'Rules to time, of: {", ".join(training.AGGREGATORS)}.')
 flags.DEFINE_bool('sort', False, 'Also time median and trimmed mean with '
                   "method='sort' (slow baseline).")
+flags.DEFINE_bool('exact', False, "Also time the Gram-based rules of "
+                  "--aggregators with distances='exact' (slow baseline).")
 flags.DEFINE_integer('clients', 100, 'Stacked client updates.', 2)
 flags.DEFINE_integer('num_byzantine', 20, 'b of the robust rules.', 0)
 flags.DEFINE_integer('w1_clients', 10, 'Clients of the W1 round.', 1)
@@ -124,10 +135,20 @@ def time_w1_round(model, params, *, num_clients: int, examples: int,
 
 
 def make_rule(name: str, b: int) -> core.Aggregator:
-  """`training.create_aggregator`, or a ``<rule>@sort`` baseline."""
+  """`training.create_aggregator`, or a ``<rule>@sort|@exact`` baseline."""
   base, _, method = name.partition('@')
   if not method:
     return training.create_aggregator(name, b, cc_radius=FLAGS.cc_radius)
+  if method == 'exact':
+    exact = 'exact'
+    return {'krum': lambda: aggregators.multi_krum(b, 1, distances=exact),
+            'multi_krum': lambda: aggregators.multi_krum(b,
+                                                         distances=exact),
+            'nnm_trimmed_mean': lambda: aggregators.process(
+                aggregators.nnm(b, distances=exact),
+                aggregators.trimmed_mean(b)),
+            'bulyan': lambda: aggregators.bulyan(b, distances=exact),
+            }[base]()
   return {'median': lambda: aggregators.coordinate_median(method=method),
           'trimmed_mean': lambda: aggregators.trimmed_mean(b, method=method),
           }[base]()
@@ -152,11 +173,18 @@ def run_benchmark(settings: dict) -> dict:
   stacked = jax.tree.map(lambda p: jnp.asarray(
       rng.normal(size=(c,) + p.shape) * 0.01, jnp.float32), params)
   weights = jnp.ones(c)
+  _, gram, gram_cpu = time_calls(jax.jit(_distance.gram_matrix), stacked,
+                                 repeats=settings['repeats'])
+  log(f'  {"gram_matrix":>24}: {gram:.3f} s = {100 * gram / w1:.1f}% of a '
+      f'W1 round (CPU {gram_cpu:.3f} s; shared by Krum, NNM, Bulyan)')
   out = dict(settings, num_params=int(num_params), w1_round_s=w1,
-             w1_round_cpu_s=w1_cpu, aggregators={},
+             w1_round_cpu_s=w1_cpu, gram_matrix_s=gram,
+             gram_matrix_cpu_s=gram_cpu, aggregators={},
              load_average=os.getloadavg(), backend=jax.default_backend())
   names = list(settings['aggregators'])
   names += list(SORT_BASELINES) if settings['sort'] else []
+  names += [n for n in EXACT_BASELINES if settings['exact']
+            and n.partition('@')[0] in settings['aggregators']]
   for name in names:
     rule = make_rule(name, settings['num_byzantine'])
     fn = jax.jit(lambda u, s, w, rule=rule: rule.update(u, s, weights=w)[0])
@@ -180,8 +208,8 @@ def run_benchmark(settings: dict) -> dict:
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  names = ('aggregators', 'sort', 'clients', 'num_byzantine', 'w1_clients',
-           'w1_examples', 'repeats')
+  names = ('aggregators', 'sort', 'exact', 'clients', 'num_byzantine',
+           'w1_clients', 'w1_examples', 'repeats')
   settings = {n: FLAGS[n].value for n in names}
   if FLAGS.quick:
     settings.update({k: v for k, v in QUICK.items() if not FLAGS[k].present})

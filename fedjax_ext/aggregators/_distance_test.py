@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_ext import aggregators
+from fedjax_ext.aggregators import _distance
 from fedjax_ext.aggregators import _testing as t
 
 
@@ -29,6 +30,108 @@ class DistanceTest(parameterized.TestCase):
     np.testing.assert_allclose(scores, t.np_krum_scores(x, b), rtol=1e-4)
     np.testing.assert_allclose(out, t.np_multi_krum(x, b, m or 10 - b),
                                rtol=1e-5, atol=1e-6)
+
+  def test_gram_and_exact_distances_agree(self):
+    # Typical updates: a shared drift plus client noise of similar size,
+    # leaves of several shapes, one client absent.
+    x = self.sample(12) + 3. * self.rng.normal(size=(1, 7))
+    present = jnp.array([True] * 11 + [False])
+    gram = aggregators.pairwise_sq_distances(t.as_tree(x), present)
+    exact = jax.jit(lambda u, p: aggregators.pairwise_sq_distances(
+        u, p, method='exact', block_rows=5))(t.as_tree(x), present)
+    sq = (x**2).sum(1)
+    scale = sq[:, None] + sq[None, :]
+    ref = t.np_sq_dists(x)
+    both = np.outer(present, present)
+    absent = ~both & ~np.eye(12, dtype=bool)
+    for d in (gram, exact):
+      self.assertTrue(np.all(np.isinf(np.asarray(d)[absent])))
+      np.testing.assert_array_equal(np.diag(d), 0.)
+    # The documented bound: |D_gram - D| <= 1e-5 (|x_i|^2 + |x_j|^2).
+    err = np.abs(np.asarray(gram) - ref)[both]
+    self.assertTrue(np.all(err <= 1e-5 * scale[both]), err.max())
+    np.testing.assert_allclose(np.asarray(exact)[both], ref[both],
+                               rtol=1e-5)
+
+  def test_gram_cancellation_is_what_the_docs_say(self):
+    # Near-identical updates: ratio |x|^2 / D ~ 1e8 > 1 / eps; the Gram
+    # path loses every digit, the exact path keeps them.
+    x = np.ones((4, 7)) * 100. + self.rng.normal(size=(4, 7)) * 1e-3
+    ref = t.np_sq_dists(x.astype(np.float32).astype(np.float64))
+    present = jnp.ones(4, bool)
+    exact = aggregators.pairwise_sq_distances(t.as_tree(x), present,
+                                              method='exact')
+    np.testing.assert_allclose(exact, ref, rtol=1e-4, atol=1e-9)
+    gram = aggregators.pairwise_sq_distances(t.as_tree(x), present)
+    off = ~np.eye(4, dtype=bool)
+    self.assertGreater(np.abs(np.asarray(gram) - ref)[off].max(),
+                       np.abs(ref[off]).max() * 0.1)
+
+  @parameterized.parameters(('krum', 2), ('multi_krum', 2), ('bulyan', 2))
+  def test_exact_distances_option_gives_the_same_rule(self, rule, b):
+    x = self.sample(11)
+    x[:b] += 4.
+    factory = {'krum': aggregators.krum,
+               'multi_krum': aggregators.multi_krum,
+               'bulyan': aggregators.bulyan}[rule]
+    weights = jnp.ones(11).at[3].set(0.)
+    out, _ = t.run(factory(b), x, weights)
+    if rule == 'krum':
+      exact = aggregators.multi_krum(b, 1, distances='exact')
+    else:
+      exact = factory(b, distances='exact')
+    out_exact, _ = t.run(exact, x, weights)
+    np.testing.assert_allclose(out, out_exact, rtol=1e-5, atol=1e-6)
+
+  def test_krum_takes_the_best_row_and_zeros_when_nobody_is_present(self):
+    x = self.sample(9)
+    out, _ = t.run(aggregators.krum(2), x)
+    best = np.argmin(t.np_krum_scores(x, 2))
+    np.testing.assert_array_equal(out, x.astype(np.float32)[best])
+    out, _ = t.run(aggregators.krum(2), x, jnp.zeros(9))
+    np.testing.assert_array_equal(out, np.zeros(7))
+    x[4, 2] = np.nan  # Rejected, even though the Gram row is NaN.
+    out, _ = t.run(aggregators.krum(2), x)
+    keep = np.arange(9) != 4
+    np.testing.assert_allclose(out, t.np_multi_krum(x[keep], 2, 1),
+                               rtol=1e-6)
+
+  def test_mixed_gram_is_the_gram_of_the_mixed_rows(self):
+    x = self.sample(8)
+    x[2] = np.inf  # Its column of the mixing is 0, its Gram row inf/NaN.
+    gram = _distance.gram_matrix(t.as_tree(x))
+    mixing = self.rng.uniform(size=(8, 8))
+    mixing[:, 2] = 0.
+    y = mixing @ np.where(np.isfinite(x), x, 0.)
+    np.testing.assert_allclose(
+        _distance.mixed_gram(jnp.asarray(mixing, jnp.float32), gram),
+        y @ y.T, rtol=1e-5)
+
+  def test_a_given_gram_is_used(self):
+    x = self.sample(9)
+    tree = t.as_tree(x)
+    gram = _distance.gram_matrix(tree)
+    for agg in (aggregators.krum(2), aggregators.multi_krum(2),
+                aggregators.bulyan(2)):
+      plain, _ = agg.update(tree, (), weights=jnp.ones(9))
+      given, _ = agg.update(tree, (), weights=jnp.ones(9), gram=gram)
+      np.testing.assert_array_equal(t.from_tree(plain), t.from_tree(given))
+    # A wrong Gram matrix changes Krum's pick: it really is used.
+    swapped = gram[::-1, ::-1]
+    krum, _ = aggregators.krum(2).update(tree, (), weights=jnp.ones(9),
+                                         gram=swapped)
+    plain, _ = aggregators.krum(2).update(tree, (), weights=jnp.ones(9))
+    self.assertFalse(np.array_equal(t.from_tree(krum), t.from_tree(plain)))
+
+  def test_unknown_distances_method_is_rejected(self):
+    for build in (lambda: aggregators.multi_krum(1, distances='cosine'),
+                  lambda: aggregators.bulyan(1, distances='cosine'),
+                  lambda: aggregators.nnm(1, distances='cosine'),
+                  lambda: aggregators.pairwise_sq_distances(
+                      t.as_tree(self.sample(3)), jnp.ones(3, bool),
+                      method='cosine')):
+      with self.assertRaisesRegex(ValueError, "distances 'cosine'.*gram"):
+        build()
 
   def test_geometric_median(self):
     x = self.sample(9)

@@ -39,7 +39,23 @@ class PreAggregator(NamedTuple):
   update: Callable[..., tuple[tuple[PyTree, jax.Array], PyTree]]
 
 
-def nnm(num_byzantine: int) -> PreAggregator:
+def nnm_mixing(dist: jax.Array, present: jax.Array,
+               num_byzantine: int) -> jax.Array:
+  """NNM's mixing matrix M [C, C] from squared distances: ``mixed = M x``.
+
+  Row i averages the ``max(k - b, 1)`` present clients nearest to client
+  i, itself first; rows of absent clients are 0. The Gram matrix of the
+  mixed updates is then ``_distance.mixed_gram(M, G)`` (no new pass).
+  """
+  k = jnp.sum(present)
+  m = jnp.maximum(k - num_byzantine, 1)
+  # Itself first, whatever the ties at distance 0.
+  dist = jnp.where(jnp.eye(dist.shape[0], dtype=bool), -1., dist)
+  nearest = (_distance.ranks(dist) < m) & present[None, :]
+  return jnp.where(present[:, None] & nearest, 1., 0.) / m
+
+
+def nnm(num_byzantine: int, *, distances: str = 'gram') -> PreAggregator:
   r"""Nearest-neighbour mixing (NNM).
 
   Each present client's update becomes the mean of its
@@ -52,28 +68,32 @@ def nnm(num_byzantine: int) -> PreAggregator:
   :math:`(b, \frac{8b}{n - b}(\kappa + 1))`-robust (Allouah et al. 2023).
   Ties in distance are broken by position.
 
+  Presence and distances come from one Gram matrix of the updates
+  (`_distance.rule_geometry`; ``gram=`` extra argument: use that one),
+  so NNM reads the updates twice: the Gram matmul and the mixing matmul.
+  The mixed updates' Gram matrix, should a Gram-based rule follow, is
+  ``_distance.mixed_gram(nnm_mixing(...), G)`` at :math:`O(C^3)`.
+
   Args:
     num_byzantine: ``b``.
+    distances: ``'gram'`` or ``'exact'``
+      (`_distance.pairwise_sq_distances`).
 
   Returns:
     A stateless `PreAggregator` keeping C and the weights of present
     clients.
   """
   _presence.check_num_byzantine(num_byzantine)
+  _distance.check_distance_method(distances)
 
-  def update_fn(client_updates, state, params=None, *, weights, **extra):
+  def update_fn(client_updates, state, params=None, *, weights, gram=None,
+                **extra):
     del params, extra
     _presence.check_cohort_size(num_byzantine, client_updates, 'nnm')
-    present = _presence.present_clients(client_updates, weights)
-    k = jnp.sum(present)
-    m = jnp.maximum(k - num_byzantine, 1)
-    dist = _distance.pairwise_sq_distances(client_updates, present)
-    # Itself first, whatever the ties at distance 0.
-    dist = jnp.where(jnp.eye(dist.shape[0], dtype=bool), -1., dist)
-    nearest = (_distance.ranks(dist) < m) & present[None, :]
-    mixing = jnp.where(present[:, None] & nearest, 1., 0.) / m
-    mixed = _presence.mix_rows(mixing, client_updates,
-                             _presence.finite_rows(client_updates))
+    present, finite, _, dist = _distance.rule_geometry(
+        client_updates, weights, distances, gram)
+    mixing = nnm_mixing(dist, present, num_byzantine)
+    mixed = _presence.mix_rows(mixing, client_updates, finite)
     new_weights = jnp.where(present, weights, 0.).astype(jnp.float32)
     return (_presence.cast_like(mixed, client_updates),
             new_weights), state

@@ -8,6 +8,8 @@ import numpy as np
 
 from fedjax_ext import aggregators
 from fedjax_ext import core
+from fedjax_ext.aggregators import _distance
+from fedjax_ext.aggregators import _preaggregators
 from fedjax_ext.aggregators import _testing as t
 
 
@@ -27,6 +29,47 @@ class PreAggregatorTest(parameterized.TestCase):
         t.as_tree(x), (), weights=jnp.ones(9))
     np.testing.assert_allclose(t.rows(mixed), t.np_nnm(x, b), rtol=1e-5,
                                atol=1e-6)
+
+  def test_nnm_exact_distances_and_a_given_gram_agree(self):
+    x = self.sample(9)
+    weights = jnp.ones(9).at[5].set(0.)
+    tree = t.as_tree(x)
+    (mixed, w), _ = jax.jit(aggregators.nnm(2).update)(tree, (),
+                                                       weights=weights)
+    (exact, w_exact), _ = jax.jit(aggregators.nnm(2, distances='exact')
+                                  .update)(tree, (), weights=weights)
+    np.testing.assert_allclose(t.rows(mixed), t.rows(exact), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(w, w_exact)
+    gram = _distance.gram_matrix(tree)
+    (given, _), _ = aggregators.nnm(2).update(tree, (), weights=weights,
+                                              gram=gram)
+    np.testing.assert_array_equal(t.rows(mixed), t.rows(given))
+
+  def test_nnm_then_krum_from_one_gram(self):
+    # NNM's outputs are M x, so the next rule's Gram matrix is M G M^T:
+    # one pass over the updates serves both stages.
+    x = self.sample(11)
+    x[:2] += 5.
+    tree, weights = t.as_tree(x), jnp.ones(11)
+    chained, _ = jax.jit(aggregators.process(
+        aggregators.nnm(2), aggregators.krum(2)).update)(
+            tree, ((), ()), weights=weights)
+
+    @jax.jit
+    def shared(tree, weights):
+      gram = _distance.gram_matrix(tree)
+      present, _ = _distance.presence_from_gram(gram, weights)
+      mixing = _preaggregators.nnm_mixing(
+          _distance.sq_distances_from_gram(gram, present), present, 2)
+      (mixed, w), _ = aggregators.nnm(2).update(tree, (), weights=weights,
+                                                gram=gram)
+      out, _ = aggregators.krum(2).update(
+          mixed, (), weights=w, gram=_distance.mixed_gram(mixing, gram))
+      return out
+
+    np.testing.assert_allclose(t.from_tree(shared(tree, weights)),
+                               t.from_tree(chained), rtol=1e-5, atol=1e-6)
 
   @parameterized.parameters(1, 2, 4)
   def test_arc(self, b):
