@@ -10,6 +10,7 @@ from fedjax_ext.core._algorithm import ExtraMetricsFn
 from fedjax_ext.core._algorithm import federated_algorithm
 from fedjax_ext.core._algorithm import TransformOutputsFn
 from fedjax_ext.core._map import as_execution
+from fedjax_ext.core._map import canonicalize_convs
 from fedjax_ext.core._map import CLIENT_AXIS
 from fedjax_ext.core._map import client_mesh
 from fedjax_ext.core._map import CPU_VMAP_MAX_PARAMS

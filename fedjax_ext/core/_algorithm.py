@@ -101,7 +101,7 @@ def federated_algorithm(
   def apply(state: ServerState, client_store: PyTree, cohort: Cohort,
             key: PRNGKey) -> tuple[ServerState, PyTree, Metrics]:
     keys = _stages.client_keys(key, state.round, cohort.client_ids)
-    old_states = _tree.tree_gather(client_store, cohort.client_ids)
+    old_states = _tree.tree_gather(client_store, cohort.rows())
     outputs = _stages.run_clients(client_update, server_message(state),
                                   old_states, cohort, keys, execution)
     outputs = _stages.weigh_clients(outputs, cohort, weighting)
@@ -115,7 +115,7 @@ def federated_algorithm(
         state._replace(aggregator_state=aggregator_state), aggregate,
         outputs, _stages.stage_key(key, state.round, 2))
     new_state = new_state._replace(round=state.round + 1)
-    client_store = _tree.tree_scatter(client_store, cohort.client_ids,
+    client_store = _tree.tree_scatter(client_store, cohort.rows(),
                                       outputs.client_state)
     metrics = _stages.round_metrics(outputs, aggregate)
     if extra_metrics is not None:

@@ -6,7 +6,7 @@ factors, gossip between nodes with no server, split learning) writes its
 own short ``apply`` from the same pieces, as fedjax's algorithms do::
 
     keys      = client_keys(key, state.round, cohort.client_ids)
-    old       = tree_gather(client_store, cohort.client_ids)
+    old       = tree_gather(client_store, cohort.rows())
     outputs   = run_clients(client_update, message, old, cohort, keys,
                             execution)                      # [C] outputs
     outputs   = weigh_clients(outputs, cohort, weighting)
@@ -15,7 +15,7 @@ own short ``apply`` from the same pieces, as fedjax's algorithms do::
                                              cohort, stage_key(..., 1))
     state     = server_update.update(state._replace(aggregator_state=...),
                                      aggregate, outputs, stage_key(..., 2))
-    store     = tree_scatter(client_store, cohort.client_ids,
+    store     = tree_scatter(client_store, cohort.rows(),
                              outputs.client_state)
     metrics   = round_metrics(outputs, aggregate)
 
@@ -106,6 +106,8 @@ def check_cohort(cohort: Cohort) -> None:
       raise ValueError(f'Cohort.batches[{name!r}] must start with [C, S, B] '
                        f'= {jnp.shape(mask)}, got {jnp.shape(column)}.')
   columns = {'Cohort.num_examples': cohort.num_examples}
+  if cohort.store_rows is not None:
+    columns['Cohort.store_rows'] = cohort.store_rows
   columns.update({f'Cohort.info[{k!r}]': v for k, v in cohort.info.items()})
   for name, column in columns.items():
     if jnp.shape(column) != ids:

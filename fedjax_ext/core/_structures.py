@@ -28,6 +28,15 @@ class Cohort(NamedTuple):
   batches: dict[str, jax.Array]  # 'x' [C, S, B, ...], 'y' and 'mask' [C, S, B].
   num_examples: jax.Array  # float32 [C]: n_k, training examples of client k.
   info: Mapping[str, jax.Array] = {}  # Extra per-client columns, each [C].
+  # int32 [C]: the client-store rows the round reads and writes. None: the
+  # store holds every client and row = client id. A host-side population
+  # store (`training.HostClientStore`) passes only the cohort's rows, so
+  # here arange(C), while ``client_ids`` keep naming the clients (keys).
+  store_rows: jax.Array | None = None
+
+  def rows(self) -> jax.Array:
+    """The client-store rows of this cohort: ``store_rows`` or the ids."""
+    return self.client_ids if self.store_rows is None else self.store_rows
 
   def client_info(self) -> dict[str, jax.Array]:
     """Every per-client column, [C] each: ``num_examples`` plus ``info``."""

@@ -576,6 +576,8 @@ def split_algorithm(
     per_step = jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), batches)
     num_steps = batches['mask'].shape[1]
     step = lambda carry, xs: one_step(carry, xs + (keys, base, probs))
+    if jax.default_backend() == 'cpu':  # Conv gradients in the loop body.
+      step = core.canonicalize_convs(step)
     (part, _, server), (metrics, server_metrics) = jax.lax.scan(
         step, (part, opt_state, server), (jnp.arange(num_steps), per_step),
         unroll=1 if execution.unroll == 'auto' else execution.unroll)
@@ -633,7 +635,7 @@ def split_algorithm(
       new_client = part
     else:
       if keep_per_client:
-        part = core.tree_gather(client_store, cohort.client_ids)
+        part = core.tree_gather(client_store, cohort.rows())
       else:
         part = core.tree_broadcast(state.client_params, num)
       part, server, metrics, server_metrics = run_steps(
@@ -644,7 +646,7 @@ def split_algorithm(
           weighting).weight
       agg_ok = _survives(keys, 3, 0, probs['aggregation'])
       if keep_per_client:
-        client_store = core.tree_scatter(client_store, cohort.client_ids,
+        client_store = core.tree_scatter(client_store, cohort.rows(),
                                          part)
         new_client = ()
       else:

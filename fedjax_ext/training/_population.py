@@ -30,16 +30,11 @@ Checkpoints: `HostClientStore.state_dict` (visited ids and their rows, the
 same for both backends) for orbax next to the algorithm state, or
 `HostClientStore.save` / `HostClientStore.restore` (one ``.npz``).
 
-Per-client keys: `core.client_keys` folds in ``cohort.client_ids``, and
-`cohort_view` renumbers them 0..C-1 (the store rows the round reads), so a
-client's key here is that of its position in the cohort, not of its id:
-deterministic per (seed, round) and resumable, but no longer independent of
-the cohort's order. Algorithms whose clients use no randomness (SCAFFOLD
-and FedAvg with plain SGD on fixed batches) give exactly the in-device
-store's results. Keeping the keys of the ids needs a core change: the
-round should gather and scatter the store at ``cohort.info['store_row']``
-when present (default ``client_ids``); see the integration notes of the
-issue.
+Per-client keys: `cohort_view` keeps ``client_ids`` (the clients' global
+ids, from which `core.client_keys` derives their keys) and sets
+``Cohort.store_rows = arange(C)``, the rows of the gathered [C, ...] store
+the round reads and writes; so a round with the host store equals the same
+round with an in-device store of all N clients, randomness included.
 
 Population sampling: `sample_population` draws C distinct ids of N by
 Floyd's algorithm in O(C) time and memory, per (seed, round).
@@ -280,14 +275,13 @@ class HostClientStore:
 
 
 def cohort_view(cohort: core.Cohort) -> core.Cohort:
-  """The cohort with ``client_ids = arange(C)``: rows of a [C, ...] store.
+  """The cohort reading rows 0..C-1 of a gathered [C, ...] store.
 
-  Pure (nothing else changes). Per-client keys then follow positions, not
-  ids (module docstring).
+  Pure: only ``store_rows`` changes (``arange(C)``); the ids, and so the
+  clients' keys, stay those of the population.
   """
   count = np.shape(cohort.client_ids)[0]
-  dtype = getattr(cohort.client_ids, 'dtype', np.int32)
-  return cohort._replace(client_ids=np.arange(count, dtype=dtype))
+  return cohort._replace(store_rows=np.arange(count, dtype=np.int32))
 
 
 def run_round_with_host_store(
