@@ -172,10 +172,15 @@ def load(s, log=print):
   return encoder, variables, splits[0], splits[1], ds.num_classes
 
 
+def adapter_targets(first_layer: int) -> str:
+  """The adapted kernels: q and v of layers [first_layer, 6)."""
+  return rf'layer_[{first_layer}-5]/attention/(query|value)/kernel'
+
+
 def build(s, method, rank, loss_fn, key, params):
   """(algorithm, cohort transform) of one method."""
   adam = optax.adam(s.lr)
-  targets = (rf'layer_[{s.first_layer}-5]/attention/(query|value)/kernel')
+  targets = adapter_targets(s.first_layer)
   cfg = lora.LoRAConfig(targets, rank, s.lora_alpha, key, dense_targets=HEAD)
   ranks = lambda c: c._replace(info={'rank': np.minimum(np.asarray(
       s.het_ranks)[np.asarray(c.client_ids) % len(s.het_ranks)], rank).astype(
