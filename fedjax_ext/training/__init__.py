@@ -23,6 +23,10 @@ from fedjax_ext.training._loop import validate_config
 from fedjax_ext.training._outputs import MetricsWriter
 from fedjax_ext.training._outputs import read_metrics
 from fedjax_ext.training._plots import mean_curve
+from fedjax_ext.training._population import cohort_view
+from fedjax_ext.training._population import HostClientStore
+from fedjax_ext.training._population import run_round_with_host_store
+from fedjax_ext.training._population import sample_population
 from fedjax_ext.training._plots import plot_heatmaps
 from fedjax_ext.training._plots import plot_metrics
 from fedjax_ext.training._plots import plot_runs

@@ -82,6 +82,17 @@ class Checkpointer:
     self._manager.save(round_num, args=ocp.args.Composite(**items))
     self._manager.wait_until_finished()
 
+  def loop_state(self, round_num: int) -> dict:
+    """Only the loop state of round `round_num` (e.g. to size a store)."""
+    try:
+      restored = self._manager.restore(
+          round_num, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'the checkpoint of round {round_num} in '
+                            f'{self.directory} cannot be read ({type(e).__name__}).'
+                            ) from None
+    return dict(restored['loop'] or {})
+
   def restore(self, round_num: int, state_like: PyTree,
               client_store_like: PyTree) -> tuple[PyTree, PyTree, dict]:
     """Restores and verifies round `round_num` into the given structures.

@@ -206,6 +206,11 @@ class HostClientStore:
       return np.sort(np.fromiter(self._slots, np.int64, len(self._slots)))
     return np.flatnonzero(self._visited).astype(np.int64)
 
+  @property
+  def init_row(self) -> core.PyTree:
+    """What a client never written reads as (NumPy leaves)."""
+    return jax.tree.unflatten(self._treedef, self._init)
+
   # -- Checkpoints --------------------------------------------------------
 
   def state_dict(self) -> dict[str, Any]:

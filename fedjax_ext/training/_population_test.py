@@ -1,6 +1,7 @@
 """Host-side client stores and population sampling."""
 
 import os
+import shutil
 import tempfile
 
 from absl.testing import absltest
@@ -12,6 +13,7 @@ import optax
 
 from fedjax_ext import algorithms
 from fedjax_ext import core
+from fedjax_ext import training
 from fedjax_ext._src import test_utils
 from fedjax_ext.core import _testing
 from fedjax_ext.training import _population as population
@@ -216,6 +218,51 @@ class HostStoreRoundTest(absltest.TestCase):
     self.assertIs(view.client_ids, cohort.client_ids)
     self.assertIs(view.batches, cohort.batches)
     np.testing.assert_array_equal(cohort.rows(), [10, 4, 7])
+
+
+class RunRoundsHostStoreTest(absltest.TestCase):
+
+  def test_run_rounds_with_a_host_store_equals_the_device_store(self):
+    num_clients, cohort_size = 10, 3
+    algorithm = algorithms.scaffold(_testing.linear_loss, 0.05,
+                                    optax.sgd(1.0), num_clients=num_clients)
+    params = _testing.linear_params()
+
+    def cohorts(r):
+      ids = population.sample_population(num_clients, cohort_size, 0, r)
+      return _testing.random_cohort(cohort_size, 2, 3, seed=r)._replace(
+          client_ids=np.asarray(ids, np.int32))
+
+    def run(workdir, rounds, host=None, resume=False):
+      return training.run_rounds(
+          algorithm, params, num_clients=num_clients, cohorts=cohorts,
+          rounds=rounds, key=jax.random.key(0), workdir=workdir,
+          eval_every=2, checkpoint_every=2, resume=resume,
+          tensorboard=False, host_store=host, log=lambda _: None)
+
+    tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, tmp, True)
+    device = run(f'{tmp}/device', 5)
+    new_store = lambda: population.HostClientStore(
+        jax.device_get(algorithm.init_client_state(params)), num_clients)
+    host = run(f'{tmp}/host', 5, new_store())
+    test_utils.assert_trees_all_close(host.state, device.state, atol=1e-6)
+    test_utils.assert_trees_all_close(
+        host.client_store.gather(np.arange(num_clients)),
+        jax.device_get(device.client_store), atol=1e-6)
+    self.assertEqual([l['round'] for l in host.metrics], [2, 4, 5])
+    # Stopped after round 4 (checkpointed with its visited rows), resumed
+    # into a fresh store: the same as the uninterrupted run.
+    run(f'{tmp}/resumed', 4, new_store())
+    resumed = run(f'{tmp}/resumed', 5, new_store(), resume=True)
+    test_utils.assert_trees_all_close(resumed.state, host.state, atol=0)
+    test_utils.assert_trees_all_close(
+        resumed.client_store.gather(np.arange(num_clients)),
+        host.client_store.gather(np.arange(num_clients)), atol=0)
+    untimed = lambda lines: [{k: v for k, v in l.items()
+                              if k not in ('elapsed_s', 'round_time_s')}
+                             for l in lines]
+    self.assertEqual(untimed(resumed.metrics), untimed(host.metrics))
 
 
 if __name__ == '__main__':

@@ -48,6 +48,7 @@ import numpy as np
 from fedjax_ext import core
 from fedjax_ext.training import _distributed
 from fedjax_ext.training import _outputs
+from fedjax_ext.training import _population
 from fedjax_ext.training import _plots
 from fedjax_ext.training import _prefetch
 from fedjax_ext.training._checkpoint import CheckpointError
@@ -215,6 +216,7 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
                tensorboard: bool = True,
                alarms: Sequence[Callable[[list], str | None]] = (),
                description: str | None = None,
+               host_store: _population.HostClientStore | None = None,
                log: Callable[[str], None] = print) -> RunResult:
   """Trains `algorithm` for `rounds` rounds (module docstring).
 
@@ -245,6 +247,12 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
       evaluation; each distinct warning is logged once (`training_alarms`).
     description: what the round is (model, strategy, cohort), announced
       before its first compilation, which can take minutes.
+    host_store: keep the client store on the host (`HostClientStore`, for
+      populations of up to millions of clients) instead of an [N, ...]
+      device store: each round gathers the cohort's rows, runs the round
+      on them (`Cohort.store_rows`) and scatters them back; checkpointed
+      with the run (its visited rows). Evaluators get it as their
+      ``client_store``. One process only.
     log: progress lines (process 0 only).
 
   Returns:
@@ -275,13 +283,13 @@ def run_rounds(algorithm: core.FederatedAlgorithm, params: core.Params, *,
         resume=resume or resume_from is not None, resume_from=resume_from,
         config=config, config_may_differ=config_may_differ, title=title,
         tensorboard=tensorboard, alarms=alarms, description=description,
-        log=log, lead=lead)
+        host_store=host_store, log=log, lead=lead)
 
 
 def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
                 workdir, evaluators, eval_every, checkpoint_every, resume,
                 resume_from, config, config_may_differ, title, tensorboard,
-                alarms, description, log, lead) -> RunResult:
+                alarms, description, host_store, log, lead) -> RunResult:
   """`run_rounds` once the workdir is this run's."""
   ckpt_dir = workdir / CHECKPOINT_DIR
   metrics_path = workdir / _outputs.METRICS_FILE
@@ -302,8 +310,17 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
   # caller's arrays.
   params = jax.tree.map(jnp.array, params)
   state = algorithm.init(params)
-  store = core.tree_broadcast(algorithm.init_client_state(params),
-                              num_clients)
+  if host_store is None:
+    store = core.tree_broadcast(algorithm.init_client_state(params),
+                                num_clients)
+  else:
+    if jax.process_count() > 1:
+      raise ConfigError('host_store runs in a single process; '
+                        f'this job has {jax.process_count()}.')
+    if host_store.num_clients != num_clients:
+      raise ConfigError(f'host_store holds {host_store.num_clients} clients '
+                        f'but num_clients={num_clients}.')
+    store = ()  # The rows of each round's cohort travel instead.
 
   with Checkpointer(os.fspath(ckpt_dir)) as checkpointer:
     start = checkpointer.latest_round()
@@ -330,7 +347,13 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
       start = 0
     else:
       try:
-        state, store, loop_state = checkpointer.restore(start, state, store)
+        store_like = store if host_store is None else _host_store_like(
+            host_store, checkpointer.loop_state(start))
+        state, store, loop_state = checkpointer.restore(start, state,
+                                                        store_like)
+        if host_store is not None:
+          host_store.load_state_dict(store)
+          store = ()
       except CheckpointError as e:
         earlier = [r for r in checkpointer.all_rounds() if r < start]
         hint = (f'; resume from an earlier one with --resume_from='
@@ -371,7 +394,21 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
         yield r, cohorts(r)
 
     def save(done):
-      checkpointer.save(done, state, store, {'interval': interval})
+      if host_store is None:
+        checkpointer.save(done, state, store, {'interval': interval})
+      else:
+        checkpointer.save(done, state, _host_checkpoint(host_store), {
+            'interval': interval, 'host_visited': host_store.num_visited})
+
+    def run_round(state, store, cohort):
+      if host_store is None:
+        return train_round(state, store, cohort)
+      ids = np.asarray(cohort.client_ids)
+      rows = host_store.gather(ids)
+      state, rows, metrics = train_round(state, rows,
+                                         _population.cohort_view(cohort))
+      host_store.scatter(ids, jax.device_get(rows))
+      return state, store, metrics
 
     writer = (_outputs.MetricsWriter(workdir, tensorboard=tensorboard,
                                      lines=lines) if lead else None)
@@ -387,7 +424,7 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
         for r, cohort in _prefetch.prefetch(packed()):
           cohort = _distributed.to_global(cohort, sharded=True)
           t0 = time.perf_counter()
-          state, store, metrics = train_round(state, store, cohort)
+          state, store, metrics = run_round(state, store, cohort)
           metrics = jax.device_get(metrics)
           seconds = time.perf_counter() - t0
           if r == start:
@@ -411,7 +448,8 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
             model = _distributed.local_copy(
                 algorithm.model_params(state, store))
             for evaluate in evaluators:
-              line.update(evaluate(model, state, store))
+              line.update(evaluate(model, state, store if host_store is None
+                                   else host_store))
             for name in interval[0]:
               line[name] = float(np.mean([m[name] for m in interval]))
             line['elapsed_s'] = time.perf_counter() - t_start
@@ -448,7 +486,25 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
                         title=title)
     log(_summary(lines, time.perf_counter() - t_start, metrics_path,
                  plot_path, ckpt_dir))
-  return RunResult(state, store, [_outputs.json_safe(l) for l in lines])
+  return RunResult(state, store if host_store is None else host_store,
+                   [_outputs.json_safe(l) for l in lines])
+
+
+def _host_checkpoint(host_store) -> dict:
+  """`HostClientStore.state_dict` with int32 ids (what JAX restores)."""
+  saved = host_store.state_dict()
+  return dict(saved, num_clients=np.int32(saved['num_clients']),
+              ids=saved['ids'].astype(np.int32))
+
+
+def _host_store_like(host_store, loop_state: dict) -> dict:
+  """The shapes of a saved `HostClientStore.state_dict` (its V rows)."""
+  visited = int(loop_state.get('host_visited', 0))
+  rows = jax.tree.map(lambda v: np.zeros((visited,) + np.shape(v),
+                                         np.asarray(v).dtype),
+                      host_store.init_row)
+  return {'num_clients': np.int32(0), 'ids': np.zeros(visited, np.int32),
+          'rows': rows}
 
 
 def _summary(lines, seconds, metrics_path, plot_path, ckpt_dir) -> str:
