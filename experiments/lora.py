@@ -291,7 +291,7 @@ def summarize(s, runs, full_bytes, seconds) -> None:
     md.append(f'| {method} | {alpha:g} | {rank} | {np.mean(acc):.4f} +- '
               f'{np.std(acc):.4f} | {np.mean(own):.4f} +- {np.std(own):.4f} | '
               + (f'{np.median(hit):.4g} ({len(hit)}/'
-              f'{len(seeds)})' if hit else '-') + f' | {up:.4g} | '
+              f'{len(seeds)})' if hit and up else '-') + f' | {up:.4g} | '
               f'{100 * up / full_bytes:.3f} | {sec:.3g} |')
   with open(os.path.join(s.workdir, 'results.md'), 'w') as f:
     f.write('\n'.join(md) + '\n')

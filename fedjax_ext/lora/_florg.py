@@ -119,8 +119,13 @@ def init_bases(base_params: Params, config: FLoRGConfig) -> dict:
 
 
 def florg_deltas(factors: dict, bases: dict, scale) -> dict:
-  """``{path: s L A^T A R}`` [out, in] from ``{path: {'A': [r, k]}}``."""
-  return {p: scale * bases[p]['L'] @ (f['A'].T @ f['A']) @ bases[p]['R']
+  """``{path: s L A^T A R}`` [out, in] from ``{path: {'A': [r, k]}}``.
+
+  Computed as (L A^T)(A R): O(r k (out + in) + r out in) instead of the
+  O(k^2 (out + in)) of forming the k x k Gram A^T A first (k = 384 on
+  MiniLM: ~60x fewer multiply-adds per adapted kernel and step).
+  """
+  return {p: scale * (bases[p]['L'] @ f['A'].T) @ (f['A'] @ bases[p]['R'])
           for p, f in factors.items()}
 
 
