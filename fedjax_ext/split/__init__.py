@@ -12,6 +12,9 @@ GAPSL, U-shaped PSL and unstable participation, with a cost model.
   `local_loss_sl`, `gapsl`, `ushaped_psl`, `unstable_sfl`) are short
   functions on it, each a `core.FederatedAlgorithm` that
   `training.run_rounds` runs unchanged.
+* `split_lora` (SplitLoRA, arXiv 2407.00952, spec 5b): MiniLM cut with LoRA
+  adapters on both sides; SFL-V2 server, the client LoRA FedAvg'd every
+  round (N = local steps per round).
 * `step_costs` / `simulated_latency`: FLOPs from the compiled programs'
   cost analysis, bytes from shapes, latency under per-client profiles; the
   rounds report their bytes as metrics.
@@ -23,10 +26,14 @@ from fedjax_ext.split._cost import simulated_latency
 from fedjax_ext.split._cost import step_bytes
 from fedjax_ext.split._cost import step_costs
 from fedjax_ext.split._cost import StepCosts
+from fedjax_ext.split._lora import split_lora
+from fedjax_ext.split._lora import split_lora_model
+from fedjax_ext.split._lora import split_minilm_params
+from fedjax_ext.split._lora import top_params
 from fedjax_ext.split._methods import epsl
+from fedjax_ext.split._methods import gapsl
 from fedjax_ext.split._methods import GAPSL_ALIGNMENTS
 from fedjax_ext.split._methods import GAPSL_LEADERS
-from fedjax_ext.split._methods import gapsl
 from fedjax_ext.split._methods import gapsl_server
 from fedjax_ext.split._methods import local_loss_sl
 from fedjax_ext.split._methods import psl
@@ -53,5 +60,5 @@ from fedjax_ext.split._round import ServerCarry
 from fedjax_ext.split._round import ServerRule
 from fedjax_ext.split._round import split_algorithm
 from fedjax_ext.split._round import SplitState
-from fedjax_ext.split._round import StepContext
 from fedjax_ext.split._round import step_weights
+from fedjax_ext.split._round import StepContext
