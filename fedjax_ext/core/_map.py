@@ -298,9 +298,9 @@ def canonicalize_convs(fn: Callable[..., Any]) -> Callable[..., Any]:
   (`jax.custom_jvp` / `custom_vjp`) are called unchanged.
 
   Array leaves of the arguments (and tracers) become the jaxpr's inputs;
-  other leaves (Python numbers, strings) stay static, as they were. A
-  function without such convolutions is called as it is (traced once more
-  to find out). `map_clients` applies it on CPU to the loop strategies
+  other leaves (Python numbers, strings) stay static, as they were. `fn`
+  is traced once; a program without such convolutions is evaluated as
+  traced. `map_clients` applies it on CPU to the loop strategies
   ('sequential', 'chunked'), `clients.run_local_steps` to its step.
   """
 
@@ -318,9 +318,10 @@ def canonicalize_convs(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     values = [leaves[i] for i in dynamic]
     closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*values)
-    if not _needs_rewrite(closed.jaxpr):
-      return fn(*args)  # Nothing to rewrite: the function itself.
-    outputs = _eval_canonical(closed.jaxpr, closed.consts, values)
+    if _needs_rewrite(closed.jaxpr):
+      outputs = _eval_canonical(closed.jaxpr, closed.consts, values)
+    else:  # The traced program as is (no second trace of `fn`).
+      outputs = jax_core.jaxpr_as_fun(closed)(*values)
     return jax.tree.unflatten(jax.tree.structure(out_shape), outputs)
 
   return wrapped
