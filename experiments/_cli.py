@@ -56,6 +56,42 @@ def define_checked(fv: flags.FlagValues, kind: str, name: str, default,
                              f'--{name} must be {want}.', flag_values=fv)
 
 
+def numbers(kind: str, want: str):
+  """``(want text, validator)`` of a list flag: ``kind`` ('int' or
+  'float') values, each passing ``CHECKS[want]``; for `define_checked`."""
+  parse = int if kind == 'int' else float
+
+  def parses(text) -> bool:
+    try:
+      parse(text)
+    except ValueError:
+      return False
+    return True
+
+  return (f'{kind}s {want}', lambda v: bool(v) and all(
+      parses(x) and CHECKS[want](float(x)) for x in v))
+
+
+def sweep_main(argv, run) -> None:
+  """A sweep script's ``main``: ``run()``, its errors as one line.
+
+  Bad settings, data or checkpoints exit 2; a non-finite run 1; a
+  preempted run (checkpointed: rerun with --resume) 128 + the signal.
+  """
+  from fedjax_ext import data, training  # Heavy: after flag parsing.
+  if len(argv) > 1:
+    fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    run()
+  except (training.ConfigError, training.CheckpointError, data.DataError,
+          data.DatasetNotFoundError, FileNotFoundError) as e:
+    fail(str(e))
+  except training.NonFiniteError as e:
+    fail(str(e), status=1)
+  except training.Preempted as e:
+    fail(str(e), status=e.exit_status)
+
+
 def fail(message: str, status: int = 2) -> NoReturn:
   """Prints ``error: message`` as one line on stderr and exits."""
   print(f'error: {message}', file=sys.stderr)

@@ -48,7 +48,7 @@ import optax
 
 from experiments import _cli
 from experiments import lora as lora_experiment
-from experiments._cli import fail, parse_flags
+from experiments._cli import parse_flags
 from fedjax_ext import clients, data, decentralized, lora, models, topology, training
 
 TASKS = {'digits': ('d_psgd', 'dfedavg', 'dfedavgm', 'gradient_tracking'),
@@ -382,17 +382,7 @@ def run(s, log=print) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    run(settings_from_flags())
-  except (training.ConfigError, training.CheckpointError, data.DataError,
-          data.DatasetNotFoundError, FileNotFoundError) as e:
-    fail(str(e))
-  except training.NonFiniteError as e:
-    fail(str(e), status=1)
-  except training.Preempted as e:  # Checkpointed: rerun with --resume.
-    fail(str(e), status=e.exit_status)
+  _cli.sweep_main(argv, lambda: run(settings_from_flags()))
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from experiments import _cli
-from experiments._cli import fail, parse_flags
+from experiments._cli import parse_flags
 from fedjax_ext import algorithms, clients, data, models, split, training
 
 METHODS = ('fedavg', 'sl', 'sfl_v1', 'sfl_v2', 'psl', 'epsl', 'local_loss',
@@ -53,8 +53,7 @@ COSTS = {'sl': dict(schedule='sequential'), 'sfl_v1': dict(
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """This script's flags, on `fv` (a test passes a fresh `FlagValues`)."""
   define = functools.partial(_cli.define_checked, fv)
-  numbers = lambda kind, want: (f'{kind}s {want}', lambda v: bool(v) and all(
-      _is(kind, x) and _cli.CHECKS[want](float(x)) for x in v))
+  numbers = _cli.numbers
   define('string', 'workdir', None, 'Default: runs/split-<time>.')
   define('string', 'data_dir', None, 'TFDS data dir.')
   define('list', 'methods', list(METHODS), 'Methods (fedavg: reference).',
@@ -90,14 +89,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     define('float', name, default, f'{what} of the latency profile.', '> 0')
   define('bool', 'resume', False, 'Continue the runs with checkpoints.')
   define('bool', 'quick', False, f'Tiny: {QUICK}; explicit flags win.')
-
-
-def _is(kind, text) -> bool:
-  try:
-    (int if kind == 'int' else float)(text)
-  except ValueError:
-    return False
-  return True
 
 
 def settings_from_flags(fv: flags.FlagValues = flags.FLAGS):
@@ -274,16 +265,7 @@ def run(s, log=print) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    run(settings_from_flags())
-  except (training.ConfigError, training.CheckpointError, data.DataError) as e:
-    fail(str(e))
-  except training.NonFiniteError as e:
-    fail(str(e), status=1)
-  except training.Preempted as e:  # Checkpointed: rerun with --resume.
-    fail(str(e), status=e.exit_status)
+  _cli.sweep_main(argv, lambda: run(settings_from_flags()))
 
 
 if __name__ == '__main__':
