@@ -5,9 +5,14 @@ all-MiniLM-L6-v2 with rank-r adapters on the query and value kernels of
 layers [--first_layer, 6) and a linear head (trained in full: `LoRAParams`
 ``dense``) on the mean-pooled last hidden states. FlexLoRA and HetLoRA give
 client k the rank ``min(het_ranks[k % len], r)`` (``Cohort.info['rank']``)
-with factors padded to r; centralized LoRA (all of a round's batches in one
-client) and local-only LoRA (evaluated: the merged mean of the clients'
-adapters) are the reference rows.
+with factors padded to r; ``florg`` truncates to r before aligning,
+``florg_all`` aligns all r' = C r components. Reference rows: centralized
+LoRA (all of a round's batches in one client), local-only LoRA and
+``frozen`` (pretrained MiniLM + a linear head trained centrally). Besides
+``test_accuracy`` (FedSA-LoRA and local-only: the merged mean adapters)
+every run reports ``personal_accuracy`` (`label_mix_evaluator`: each
+client's own model where the method keeps one, scored on the test set
+weighted by that client's label mix).
 
 Exact frozen-prefix cache: the embeddings and layers below --first_layer are
 frozen and deterministic (no dropout), so their output does not depend on
