@@ -6,6 +6,7 @@ Every script passes `parse_flags` to ``app.run``; the two flags defined here,
 every script.
 """
 
+import glob
 import math
 import os
 import sys
@@ -70,6 +71,34 @@ def numbers(kind: str, want: str):
 
   return (f'{kind}s {want}', lambda v: bool(v) and all(
       parses(x) and CHECKS[want](float(x)) for x in v))
+
+
+def check_fresh_sweep(s, pattern: str = '*/checkpoints/[0-9]*') -> None:
+  """Refuses a --workdir holding a previous sweep's runs unless --resume."""
+  from fedjax_ext import training  # Heavy: after flag parsing.
+  if not s.resume and glob.glob(os.path.join(s.workdir, pattern)):
+    raise training.ConfigError(f'--workdir={s.workdir} holds runs of a '
+                               'previous sweep; pass --resume to reuse them.')
+
+
+def sweep_run(s, algorithm, params, *, name: str, config: dict, title: str,
+              may_differ, **run_args) -> list[dict]:
+  """One run of a sweep: `training.run_rounds` into ``s.workdir/name``.
+
+  The sweep conventions: ``s.rounds`` rounds, evaluated every
+  ``s.eval_every``, one checkpoint at the end, resumed when ``s.resume``
+  and the run has checkpoints, ``config`` (plus the sweep's settings)
+  recorded with the keys ``may_differ`` free to change on resume, no
+  TensorBoard, no per-round log. Returns the run's metrics lines.
+  """
+  from fedjax_ext import training  # Heavy: after flag parsing.
+  workdir = os.path.join(s.workdir, name)
+  return training.run_rounds(
+      algorithm, params, rounds=s.rounds, workdir=workdir,
+      eval_every=s.eval_every, checkpoint_every=s.rounds,
+      resume=s.resume and os.path.isdir(os.path.join(workdir, 'checkpoints')),
+      config=dict(vars(s), **config), config_may_differ=may_differ,
+      tensorboard=False, log=lambda _: None, title=title, **run_args).metrics
 
 
 def sweep_main(argv, run) -> None:

@@ -32,7 +32,6 @@ consensus.png, best_interval.png.
 """
 
 import functools
-import glob
 import itertools
 import math
 import os
@@ -335,9 +334,7 @@ def summarize(s, runs, stats, seconds) -> None:
 
 def run(s, log=print) -> dict:
   """Every configuration and seed, then the summary: {(label, topo): lines}."""
-  if not s.resume and glob.glob(f'{s.workdir}/*/checkpoints/[0-9]*'):
-    raise training.ConfigError(f'--workdir={s.workdir} holds runs of a '
-                               'previous sweep; pass --resume to reuse them.')
+  _cli.check_fresh_sweep(s)
   t0, seeds = time.time(), range(s.seed, s.seed + s.num_seeds)
   model, init_params, train, test, num_classes = load_task(s, log)
   parts = {seed: (dominant_partition(train['y'], s.nodes, s.dominant_fraction,
@@ -362,16 +359,12 @@ def run(s, log=print) -> dict:
     cohorts = lambda r, part=parts[seed], seed=seed: data.pack_cohort(
         train, part, node_ids, batch_size=s.batch_size,
         num_steps=s.local_steps, seed=seed, round_num=r)
-    workdir = os.path.join(s.workdir, f'{s.task}-{label}-{topo}-seed{seed}')
-    runs[(label, topo)].append(training.run_rounds(
-        algorithm, params, num_clients=s.nodes, cohorts=cohorts,
-        rounds=s.rounds, key=run_key, workdir=workdir, evaluators=[
-            evaluator, node_evaluator(s, model, label, test)],
-        eval_every=s.eval_every, checkpoint_every=s.rounds,
-        resume=s.resume and os.path.isdir(os.path.join(workdir, 'checkpoints')),
-        config=dict(vars(s), label=label, topology=topo, seed=seed),
-        config_may_differ=SWEEP_KEYS, tensorboard=False, log=lambda _: None,
-        title=f'{label} {topo} seed {seed}').metrics)
+    runs[(label, topo)].append(_cli.sweep_run(
+        s, algorithm, params, name=f'{s.task}-{label}-{topo}-seed{seed}',
+        config=dict(label=label, topology=topo, seed=seed),
+        title=f'{label} {topo} seed {seed}', may_differ=SWEEP_KEYS,
+        num_clients=s.nodes, cohorts=cohorts, key=run_key,
+        evaluators=[evaluator, node_evaluator(s, model, label, test)]))
     last = runs[(label, topo)][-1][-1]
     log(f'  {label} {topo} seed {seed} ({time.time() - t0:.0f} s): averaged '
         f'{last["test_accuracy"]:.4f}, nodes {last["node_accuracy_mean"]:.4f}'

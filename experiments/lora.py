@@ -32,7 +32,6 @@ accuracy.png. ``python -m experiments.lora [--quick] --workdir=runs/lora``
 """
 
 import functools
-import glob
 import itertools
 import os
 import time
@@ -300,9 +299,7 @@ def summarize(s, runs, full_bytes, seconds) -> None:
 
 def run(s, log=print) -> dict:
   """Every configuration and seed, then the summary: {config: [lines]}."""
-  if not s.resume and glob.glob(f'{s.workdir}/*/checkpoints/[0-9]*'):
-    raise training.ConfigError(f'--workdir={s.workdir} holds runs of a '
-                               'previous sweep; pass --resume to reuse them.')
+  _cli.check_fresh_sweep(s)
   t0, seeds = time.time(), range(s.seed, s.seed + s.num_seeds)
   encoder, variables, train, test, num_classes = load(s, log)
   parts = {(a, seed): data.partition('dirichlet', train, s.clients, seed=seed,
@@ -333,18 +330,14 @@ def run(s, log=print) -> dict:
             s.clients, s.clients_per_round, seed=seed, round_num=r),
             batch_size=s.batch_size, num_steps=s.local_steps, seed=seed,
             round_num=r))
-    workdir = os.path.join(s.workdir, f'{method}-a{alpha:g}-r{rank}-seed{seed}')
-    runs[(method, alpha, rank)].append(training.run_rounds(
-        algorithm, params, num_clients=s.clients, cohorts=cohorts,
-        rounds=s.rounds, key=run_key, workdir=workdir, evaluators=[
-            evaluator, label_mix_evaluator(
-                correct, test_y, mixes[(alpha, seed)], PERSONAL.get(method),
-                s.lora_alpha)],
-        eval_every=s.eval_every, checkpoint_every=s.rounds,
-        resume=s.resume and os.path.isdir(os.path.join(workdir, 'checkpoints')),
-        config=dict(vars(s), method=method, alpha=alpha, rank=rank, seed=seed),
-        config_may_differ=SWEEP_KEYS, tensorboard=False, log=lambda _: None,
-        title=f'{method} alpha {alpha:g} r {rank} seed {seed}').metrics)
+    runs[(method, alpha, rank)].append(_cli.sweep_run(
+        s, algorithm, params, name=f'{method}-a{alpha:g}-r{rank}-seed{seed}',
+        config=dict(method=method, alpha=alpha, rank=rank, seed=seed),
+        title=f'{method} alpha {alpha:g} r {rank} seed {seed}',
+        may_differ=SWEEP_KEYS, num_clients=s.clients, cohorts=cohorts,
+        key=run_key, evaluators=[evaluator, label_mix_evaluator(
+            correct, test_y, mixes[(alpha, seed)], PERSONAL.get(method),
+            s.lora_alpha)]))
     last = runs[(method, alpha, rank)][-1][-1]
     log(f'  {method} alpha {alpha:g} r {rank} seed {seed} '
         f'({time.time() - t0:.0f} s): test accuracy {last["test_accuracy"]:.4f}')

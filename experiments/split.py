@@ -18,7 +18,6 @@ the --*_per_s flags; measured seconds per round) and accuracy.png.
 """
 
 import functools
-import glob
 import itertools
 import os
 import time
@@ -215,9 +214,7 @@ def summarize(s, runs, cost, seconds) -> None:
 
 def run(s, log=print) -> dict:
   """Every configuration and seed, then the summary: {config: [lines]}."""
-  if not s.resume and glob.glob(f'{s.workdir}/*/checkpoints/[0-9]*'):
-    raise training.ConfigError(f'--workdir={s.workdir} holds runs of a '
-                               'previous sweep; pass --resume to reuse them.')
+  _cli.check_fresh_sweep(s)
   t0, seeds = time.time(), range(s.seed, s.seed + s.num_seeds)
   feds = {(a, seed): training.load_federation(training.ExperimentConfig(
       dataset='digits', data_dir=s.data_dir, seed=seed, partition='dirichlet',
@@ -245,15 +242,12 @@ def run(s, log=print) -> dict:
     if (method, cut, alpha) not in cost:
       cost[(method, cut, alpha)] = costs(s, method, net, model, kwargs,
                                          params, cohorts(0))
-    workdir = os.path.join(s.workdir, f'{method}-cut{cut}-a{alpha:g}-seed{seed}')
-    runs[(method, cut, alpha)].append(training.run_rounds(
-        algorithm, params, num_clients=s.num_clients, cohorts=cohorts,
-        rounds=s.rounds, key=run_key, workdir=workdir, evaluators=[evaluator],
-        eval_every=s.eval_every, checkpoint_every=s.rounds,
-        resume=s.resume and os.path.isdir(os.path.join(workdir, 'checkpoints')),
-        config=dict(vars(s), method=method, cut=cut, alpha=alpha, seed=seed),
-        config_may_differ=SWEEP_KEYS, tensorboard=False, log=lambda _: None,
-        title=f'{method} cut {cut} alpha {alpha:g} seed {seed}').metrics)
+    runs[(method, cut, alpha)].append(_cli.sweep_run(
+        s, algorithm, params, name=f'{method}-cut{cut}-a{alpha:g}-seed{seed}',
+        config=dict(method=method, cut=cut, alpha=alpha, seed=seed),
+        title=f'{method} cut {cut} alpha {alpha:g} seed {seed}',
+        may_differ=SWEEP_KEYS, num_clients=s.num_clients, cohorts=cohorts,
+        key=run_key, evaluators=[evaluator]))
     last = runs[(method, cut, alpha)][-1][-1]
     log(f'  {method} cut {cut} alpha {alpha:g} seed {seed} '
         f'({time.time() - t0:.0f} s): test accuracy '
