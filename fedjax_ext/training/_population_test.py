@@ -259,6 +259,8 @@ class RunRoundsHostStoreTest(absltest.TestCase):
     test_utils.assert_trees_all_close(
         resumed.client_store.gather(np.arange(num_clients)),
         host.client_store.gather(np.arange(num_clients)), atol=0)
+    with self.assertRaisesRegex(TypeError, 'host_store must be'):
+      run(f'{tmp}/bad', 1, host={})
     untimed = lambda lines: [{k: v for k, v in l.items()
                               if k not in ('elapsed_s', 'round_time_s')}
                              for l in lines]

@@ -314,6 +314,9 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
     store = core.tree_broadcast(algorithm.init_client_state(params),
                                 num_clients)
   else:
+    if not isinstance(host_store, _population.HostClientStore):
+      raise TypeError('host_store must be a training.HostClientStore, got '
+                      f'{type(host_store).__name__}.')
     if jax.process_count() > 1:
       raise ConfigError('host_store runs in a single process; '
                         f'this job has {jax.process_count()}.')
