@@ -406,11 +406,9 @@ def _run_locked(algorithm, params, *, num_clients, cohorts, rounds, key,
     def run_round(state, store, cohort):
       if host_store is None:
         return train_round(state, store, cohort)
-      ids = np.asarray(cohort.client_ids)
-      rows = host_store.gather(ids)
-      state, rows, metrics = train_round(state, rows,
-                                         _population.cohort_view(cohort))
-      host_store.scatter(ids, jax.device_get(rows))
+      state, metrics = _population.run_round_with_host_store(
+          lambda st, rows, c, _: train_round(st, rows, c), state, host_store,
+          cohort, None)
       return state, store, metrics
 
     writer = (_outputs.MetricsWriter(workdir, tensorboard=tensorboard,
